@@ -70,6 +70,13 @@ class LazyBuffer:
     assert self.op is not Op.VIEW and value.shape == self.shape and value.dtype == self.dtype
     return LazyBuffer(self.device, self.dtype, self.shape, Op.ASSIGN, (self, value))
 
+  @staticmethod
+  def custom(kernel, srcs, shape, dtype: DType) -> LazyBuffer:
+    """The output of a hand-written kernel (custom.CustomKernel); it reads its sources as contiguous arrays."""
+    srcs = [s if s.view.contiguous else s.contiguous() for s in srcs]
+    assert len({s.device for s in srcs}) == 1, "a custom kernel's sources must be on one device"
+    return LazyBuffer(srcs[0].device, dtype, shape, Op.CUSTOM, srcs, kernel)
+
   # ---- movement ----
   def _view(self, v: View) -> LazyBuffer:
     base = self.base

@@ -31,6 +31,8 @@ Sources and sinks:
   COPY        the source's data on another device
   CONTIGUOUS  a materialised, contiguous copy of a view
   ASSIGN      write the value of src[1] into the buffer of src[0] (in-place update)
+  CUSTOM      a hand-written kernel over contiguous sources (arg: a custom.CustomKernel), for what
+              the ops above cannot do fast: fused attention, gathers by index (see custom.py)
 """
 from enum import Enum, auto
 
@@ -48,7 +50,7 @@ class Op(Enum):
   # movement
   RESHAPE = auto(); PERMUTE = auto(); EXPAND = auto(); PAD = auto(); SHRINK = auto(); FLIP = auto()
   # sources / sinks
-  BUFFER = auto(); CONST = auto(); COPY = auto(); CONTIGUOUS = auto(); ASSIGN = auto(); REDUCE = auto(); VIEW = auto()
+  BUFFER = auto(); CONST = auto(); COPY = auto(); CONTIGUOUS = auto(); ASSIGN = auto(); CUSTOM = auto(); REDUCE = auto(); VIEW = auto()
 
 
 UNARY = {Op.NEG, Op.RECIP, Op.SQRT, Op.EXP2, Op.LOG2, Op.SIN, Op.CAST}

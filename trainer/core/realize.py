@@ -3,7 +3,7 @@ While a JIT capture is active every launch is also recorded for replay (see jit.
 from __future__ import annotations
 from .device import Buffer, get_runtime
 from .ops import Op
-from .schedule import create_schedule, Kernel, CopyItem
+from .schedule import create_schedule, Kernel, CopyItem, CustomItem
 from .lazy import LazyBuffer
 
 _programs: dict = {}
@@ -11,15 +11,17 @@ capturing: list | None = None     # set by the JIT: receives (program, [buffers]
 stats = {"kernels": 0, "compiled": 0}
 
 
-def kernel_key(k: Kernel):
+def kernel_key(k: Kernel | CustomItem):
+  if isinstance(k, CustomItem): return (get_runtime(k.output.device), k.output.arg)
   return (get_runtime(k.output.device), k.ast.key(), k.shape, tuple(b.dtype for b in k.inputs), k.output.dtype)
 
 
-def get_program(k: Kernel):
+def get_program(k: Kernel | CustomItem):
   key = kernel_key(k)
   p = _programs.get(key)
   if p is None:
-    p = _programs[key] = get_runtime(k.output.device).compile(k, f"k{len(_programs)}")
+    rt, name = key[0], f"k{len(_programs)}"
+    p = _programs[key] = rt.compile_custom(k.output.arg, name, k.output, k.inputs) if isinstance(k, CustomItem) else rt.compile(k, name)
     stats["compiled"] += 1
   return p
 
@@ -35,7 +37,7 @@ def run_item(item):
     buf.copy_from_peer(item.source.buffer)
     if capturing is not None: capturing.append(("copy", buf, item.source.buffer))
   else:
-    buf = out.srcs[0].base.buffer if out.op is Op.ASSIGN else Buffer(out.device, out.size, out.dtype)
+    buf = out.srcs[0].base.buffer if out.op is Op.ASSIGN else Buffer(out.device, out.size, out.dtype)   # a Kernel or a CustomItem
     prog = get_program(item)
     bufs = [buf] + [b.buffer for b in item.inputs]
     prog(*[b.handle for b in bufs])

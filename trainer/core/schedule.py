@@ -10,7 +10,8 @@ realized buffers (each through a View in the kernel's loop space) and constants.
     elementwise ops after it (an epilogue) when it has a single consumer on a single-use path.
     A sum of products of two broadcast operands (a contraction: matmul, conv) is never given an
     epilogue, so backends can run it as a hand-tuned matrix product.
-  * Reduces, COPY, CONTIGUOUS, ASSIGN and everything the caller asked for are kernel outputs.
+  * COPY and CUSTOM nodes are items of their own (a device copy, a hand-written kernel).
+  * Reduces, CONTIGUOUS, ASSIGN and everything the caller asked for are kernel outputs.
 """
 from __future__ import annotations
 from dataclasses import dataclass
@@ -70,6 +71,15 @@ class Kernel:
 class CopyItem:
   output: LazyBuffer
   source: LazyBuffer
+  @property
+  def inputs(self): return [self.source]
+
+
+@dataclass
+class CustomItem:
+  """A hand-written kernel (output.arg, a custom.CustomKernel) over contiguous realized inputs."""
+  output: LazyBuffer
+  inputs: list
 
 
 def _is_contraction(r: LazyBuffer) -> bool:
@@ -103,6 +113,9 @@ class _Builder:
     if node.op is Op.COPY:
       self.schedule(node.srcs[0].base)
       self.items.append(CopyItem(node, node.srcs[0].base)); return
+    if node.op is Op.CUSTOM:
+      for src in node.srcs: self.schedule(src.base)
+      self.items.append(CustomItem(node, [src.base for src in node.srcs])); return
     k = _KernelBuilder(self, node)
     self.items.append(k.build())
 
@@ -210,7 +223,7 @@ def _order_assigns(items: list) -> list:
   if not writes: return items
   deps = {i: set() for i in range(len(items))}
   for i, it in enumerate(items):
-    for inp in (it.inputs if isinstance(it, Kernel) else [it.source]):
+    for inp in it.inputs:
       if id(inp) in producer: deps[i].add(producer[id(inp)])
       w = writes.get(id(inp))
       if w is not None and w != i: deps[w].add(i)   # read the old value before it is overwritten

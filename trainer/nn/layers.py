@@ -7,6 +7,7 @@ state dicts load as they are. Every parameter is realized at construction (it ow
 from __future__ import annotations
 import math
 from ..core import Tensor, dtypes
+from ..core.kernels.rows import take_rows
 from .module import Module, materialize
 
 
@@ -40,7 +41,7 @@ class Embedding(Module):
     self.weight = _param(Tensor.randn(num_embeddings, embedding_dim, device=device) * std, dtype)
 
   def forward(self, idx: Tensor) -> Tensor:
-    return self.weight[idx]
+    return take_rows(self.weight, idx)
 
 
 class RMSNorm(Module):

@@ -51,6 +51,7 @@ class Rendered:
   block: tuple
   smem: int = 0               # dynamic shared memory bytes
   arch: str | None = None     # a different target than the device's own (e.g. sm_90a), or None
+  zero_output: int = 0        # bytes of the output set to 0 before each launch (kernels that accumulate atomically)
 
 
 def render(k: Kernel, name: str, arch: str = "sm_90") -> Rendered:

@@ -247,10 +247,11 @@ _current_ctx = [None]
 
 class Program:
   """A compiled kernel on one device: launch(out, *inputs) with the launch dimensions chosen by codegen."""
-  __slots__ = ("rt", "fn", "name", "grid", "block", "smem", "nargs")
+  __slots__ = ("rt", "fn", "name", "grid", "block", "smem", "nargs", "zero")
 
-  def __init__(self, rt, fn, name, grid, block, smem, nargs):
+  def __init__(self, rt, fn, name, grid, block, smem, nargs, zero=0):
     self.rt, self.fn, self.name, self.grid, self.block, self.smem, self.nargs = rt, fn, name, grid, block, smem, nargs
+    self.zero = zero   # bytes of the output cleared before each launch
 
   def _params(self, handles):
     assert len(handles) == self.nargs, f"{self.name}: {len(handles)} buffers for {self.nargs} parameters"
@@ -260,15 +261,17 @@ class Program:
 
   def __call__(self, *handles):
     vals, arr = self._params(handles)
+    if self.zero: self.rt.memset0(handles[0], self.zero)
     self.rt._launch(self, arr)
 
   def bind(self, *handles):
     """A zero-argument launch with the buffer addresses fixed (the JIT's replay unit)."""
     vals, arr = self._params(handles)
     rt, g, b, fn, smem = self.rt, self.grid, self.block, self.fn, self.smem
-    launch = rt.lib.cuLaunchKernel
+    launch, zero, out = rt.lib.cuLaunchKernel, self.zero, int(handles[0])
     def run(vals=vals):
       rt._activate()
+      if zero: rt.memset0(out, zero)
       r = launch(fn, g[0], g[1], g[2], b[0], b[1], b[2], smem, rt.stream, arr, None)
       if r != 0: check(r, f"cuLaunchKernel({self.name})")
     return run
@@ -410,7 +413,11 @@ class CUDARuntime(Runtime):
     check(self.lib.cuStreamSynchronize(self.stream), f"cuStreamSynchronize on {self.name}")
 
   # -- kernels
-  def load(self, cubin: bytes, name: str, grid, block, smem: int, nargs: int) -> Program:
+  def memset0(self, handle, nbytes: int):
+    self._activate()
+    check(self.lib.cuMemsetD8Async(handle, 0, nbytes, self.stream), f"cuMemsetD8Async on {self.name}")
+
+  def load(self, cubin: bytes, name: str, grid, block, smem: int, nargs: int, zero: int = 0) -> Program:
     key = hashlib.sha256(cubin).hexdigest()
     self._activate()
     mod = self.modules.get(key)
@@ -425,13 +432,19 @@ class CUDARuntime(Runtime):
       check(self.lib.cuFuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem), f"cuFuncSetAttribute({name}, {smem} B shared)")
     for i, (g, lim) in enumerate(zip(grid, (2**31 - 1, 65535, 65535))):
       if not 1 <= g <= lim: raise CUDAError(f"{name}: grid dimension {i} is {g} (limit {lim})")
-    return Program(self, fn.value, name, tuple(grid), tuple(block), smem, nargs)
+    return Program(self, fn.value, name, tuple(grid), tuple(block), smem, nargs, zero)
 
   def compile(self, kernel, name: str) -> Program:
     from ..codegen import cuda as cuda_codegen
     r = cuda_codegen.render(kernel, name, self.arch)
     cubin = compile_cuda(r.src, r.arch or self.arch, f"{name}.cu")
-    return self.load(cubin, name, r.grid, r.block, r.smem, 1 + len(kernel.inputs))
+    return self.load(cubin, name, r.grid, r.block, r.smem, 1 + len(kernel.inputs), r.zero_output)
+
+  def compile_custom(self, kernel, name: str, out, inputs):
+    if not hasattr(kernel, "render_cuda"): return super().compile_custom(kernel, name, out, inputs)
+    r = kernel.render_cuda(name, self.arch)
+    cubin = compile_cuda(r.src, r.arch or self.arch, f"{name}.cu")
+    return self.load(cubin, name, r.grid, r.block, r.smem, 1 + len(inputs), r.zero_output)
 
   def _launch(self, prog: Program, params):
     self._activate()

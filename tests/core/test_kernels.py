@@ -1,0 +1,102 @@
+"""Hand-written CUSTOM kernels (trainer/core/kernels): their numpy meaning on the CPU backends, their
+gradients, the graph and JIT around them, their CUDA C compiled for sm_90, and on a GPU the same results."""
+import os
+import numpy as np
+import pytest
+from trainer.core import Tensor, dtypes, jit
+from trainer.core.kernels.rows import take_rows, GatherRows, ScatterAddRows
+from trainer.core.runtime import cuda as rc
+from trainer.core.schedule import create_schedule, CustomItem
+
+
+def _rows_case(seed, v=37, d=5, shape=(4, 6), idx_dtype=np.int32):
+  r = np.random.default_rng(seed)
+  table = r.standard_normal((v, d)).astype(np.float32)
+  idx = r.integers(0, v, shape).astype(idx_dtype)
+  idx.reshape(-1)[0] = v - 1          # the last row, and a row picked several times
+  idx.reshape(-1)[-1] = idx.reshape(-1)[1]
+  return table, idx, r.standard_normal(shape + (d,)).astype(np.float32)
+
+
+@pytest.mark.parametrize("idx_dtype", [np.int32, np.int64])
+def test_take_rows_forward_and_gradient(idx_dtype):
+  table, idx, g = _rows_case(0, idx_dtype=idx_dtype)
+  w = Tensor(table, requires_grad=True)
+  out = take_rows(w, Tensor(idx))
+  np.testing.assert_array_equal(out.numpy(), table[idx])
+  (out * Tensor(g)).sum().backward()
+  ref = np.zeros(table.shape, np.float64)
+  np.add.at(ref, idx.reshape(-1), g.reshape(-1, table.shape[1]).astype(np.float64))
+  np.testing.assert_allclose(w.grad.numpy(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_take_rows_bf16_noncontiguous_table_and_out_of_range():
+  table, idx, _ = _rows_case(1, v=11, d=9, shape=(13,))
+  idx[3], idx[7] = -1, 11
+  w = Tensor(table.T.copy(), dtype="bfloat16").transpose(0, 1)    # a transposed (non-contiguous) view
+  out = take_rows(w, Tensor(idx)).numpy()
+  want = Tensor(table, dtype="bfloat16").numpy()[np.clip(idx, 0, 10)]
+  want[[3, 7]] = 0
+  np.testing.assert_array_equal(out, want)
+
+
+def test_take_rows_errors():
+  with pytest.raises(ValueError, match="2-d"): take_rows(Tensor(np.ones(3, np.float32)), Tensor(np.zeros(2, np.int32)))
+  with pytest.raises(TypeError, match="integers"): take_rows(Tensor(np.ones((3, 2), np.float32)), Tensor(np.zeros(2, np.float32)))
+
+
+def test_custom_node_is_one_item_and_replays_under_jit():
+  table, idx, _ = _rows_case(2)
+  w = Tensor(table)
+  items = create_schedule([take_rows(w * 2, Tensor(idx)).lazydata])
+  assert sum(isinstance(it, CustomItem) for it in items) == 1 and len(items) == 2   # the scaled table, then the gather
+
+  @jit
+  def step(i): return (take_rows(w, i) * 3).sum(-1)
+  for s in range(4):
+    i = np.random.default_rng(s).integers(0, 37, (4, 6)).astype(np.int32)
+    np.testing.assert_allclose(step(Tensor(i)).numpy(), (table[i] * 3).sum(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_layer_uses_rows_kernel():
+  from trainer.nn.layers import Embedding
+  e = Embedding(50, 8)
+  idx = np.random.default_rng(3).integers(0, 50, (2, 7)).astype(np.int32)
+  np.testing.assert_array_equal(e(Tensor(idx)).numpy(), e.weight.numpy()[idx])
+
+
+# ---------------------------------------------------------------------------------------------- CUDA
+needs_compiler = pytest.mark.skipif(rc.compiler_version() is None, reason="no CUDA compiler (NVRTC or nvcc) found")
+KERNELS = {
+  "gather_bf16_i32": GatherRows(1000, 128256, 2048, dtypes.bfloat16, dtypes.int32),
+  "gather_f32_odd": GatherRows(7, 11, 9, dtypes.float32, dtypes.int64),
+  "gather_bf16_odd": GatherRows(7, 11, 3, dtypes.bfloat16, dtypes.int64),
+  "scatter_bf16": ScatterAddRows(1000, 128256, 2048, dtypes.bfloat16, dtypes.int32),
+  "scatter_f32": ScatterAddRows(7, 11, 9, dtypes.float32, dtypes.int64),
+}
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_kernels_compile_for_sm90(name):
+  r = KERNELS[name].render_cuda("k0", "sm_90")
+  assert rc.compile_cuda(r.src, r.arch or "sm_90")[:4] == b"\x7fELF"
+
+
+DEV = os.environ.get("TRAINER_TEST_GPU_DEVICE", "CUDA:0")
+gpu = pytest.mark.skipif(DEV.startswith("CUDA") and rc.cuda_device_count() == 0, reason="no CUDA device")
+
+
+@gpu
+@pytest.mark.parametrize("dtype,d", [("float32", 9), ("bfloat16", 3), ("bfloat16", 64)])
+def test_gpu_take_rows_matches_cpu(dtype, d):
+  table, idx, g = _rows_case(4, v=300, d=d, shape=(5, 77), idx_dtype=np.int64)
+  idx[0, 0] = -5
+  res = []
+  for dev in ("CPU:0", DEV):
+    w = Tensor(table, dtype=dtype, device=dev, requires_grad=True)
+    out = take_rows(w, Tensor(idx, device=dev))
+    (out.float() * Tensor(g, device=dev)).sum().backward()
+    res.append((out.float().numpy(), w.grad.float().numpy()))
+  np.testing.assert_array_equal(res[1][0], res[0][0])
+  np.testing.assert_allclose(res[1][1], res[0][1], rtol=1e-2 if dtype == "bfloat16" else 1e-5, atol=1e-2 if dtype == "bfloat16" else 1e-5)
