@@ -7,7 +7,7 @@ makes the CPU devices use the numpy interpreter instead of compiled C. `set_cpu_
 at run time (tests run every op on both): CPU runtimes made after the call use the chosen backend.
 """
 from __future__ import annotations
-import os
+import itertools, os
 import numpy as np
 from .dtypes import DType, to_storage
 
@@ -27,10 +27,13 @@ class Runtime:
   def synchronize(self): pass
 
 
+_uids = itertools.count()
+
+
 class Buffer:
-  """Memory for `size` elements of `dtype` on `device`."""
+  """Memory for `size` elements of `dtype` on `device`; `uid` names it for its whole life (ids get reused)."""
   def __init__(self, device: str, size: int, dtype: DType):
-    self.device, self.size, self.dtype = device, size, dtype
+    self.device, self.size, self.dtype, self.uid = device, size, dtype, next(_uids)
     self.runtime = get_runtime(device)
     self.nbytes = size * dtype.itemsize
     self.handle = self.runtime.alloc(self.nbytes)

@@ -1,15 +1,25 @@
 """The JIT: `@jit` on a step function. The first call runs normally (compiling every kernel), the
-second runs while recording each kernel launch, and from then on a call replays the recorded launches
-with the new inputs' buffers swapped in: no graph building, scheduling or codegen in Python.
+second runs while recording each kernel launch, and from then on a call replays the recorded launches:
+no graph building, scheduling or codegen in Python.
 
-Rules for a jitted function: its tensor arguments keep their shapes and dtypes from call to call;
-state it changes (weights, optimizer moments) is updated with `assign`, so the same buffers are
-rewritten each step (every assign made during the call runs before the call returns); it returns tensors (or a tuple/list/dict of them) whose buffers are reused by
-the next call, so copy a result out (`.numpy()`) before calling again if you need to keep it.
+After the recording the JIT plans memory: a buffer that nothing outside the step holds (an
+intermediate) gets a place in a per-device arena, shared with other intermediates whose lifetimes do
+not overlap, so a replayed step needs little more memory than its largest live set. Each tensor
+argument is copied into a private buffer at the start of a replay. On CUDA, each run of consecutive
+kernel launches on one device is captured once as a CUDA graph and replayed with one graph launch, so
+the Python cost of a step does not grow with its number of kernels.
+
+Rules for a jitted function: its tensor arguments keep their shapes, dtypes and devices from call to
+call and are only read; state it changes (weights, optimizer moments) is updated with `assign`, so the
+same buffers are rewritten each step (every assign made during the call runs before the call returns);
+it returns tensors (or a tuple/list/dict of them) whose buffers are reused by the next call, so copy a
+result out (`.numpy()`) before calling again if you need to keep it.
 """
 from __future__ import annotations
-import functools
+import functools, weakref
 from .tensor import Tensor, pending_assigns
+from .device import Buffer
+from .dtypes import dtypes
 from . import realize as R
 from . import random
 
@@ -23,7 +33,7 @@ def _tensors(x):
 
 class JitFunction:
   def __init__(self, fn):
-    self.fn, self.calls, self.count = fn, 0, None
+    self.fn, self.calls, self.kernel_count, self.arena_bytes = fn, 0, None, None
     functools.update_wrapper(self, fn)
 
   def _inputs(self, args, kwargs):
@@ -33,47 +43,95 @@ class JitFunction:
     Tensor.realize_all(*ins)
     return ins
 
+  def _run(self, args, kwargs):
+    out = self.fn(*args, **kwargs)
+    Tensor.realize_all(*_tensors(out), *random.counter_tensors(), *list(pending_assigns.values()))
+    return out
+
   def __call__(self, *args, **kwargs):
     self.calls += 1
-    if self.calls == 1:
-      out = self.fn(*args, **kwargs)
-      Tensor.realize_all(*_tensors(out), *random.counter_tensors(), *list(pending_assigns.values()))
-      return out
+    if self.calls == 1: return self._run(args, kwargs)
     ins = self._inputs(args, kwargs)
-    if self.calls == 2:
-      self.signature = [(t.shape, t.dtype, t.device) for t in ins]
-      in_bufs = [t.lazydata.buffer for t in ins]
-      R.capturing = captured = []
-      try:
-        out = self.fn(*args, **kwargs)
-        Tensor.realize_all(*_tensors(out), *random.counter_tensors(), *list(pending_assigns.values()))
-      finally:
-        R.capturing = None
-      self.out, self.captured = out, captured
-      # where each input buffer appears in the recorded launches
-      self.slots = [[(i, j) for i, c in enumerate(captured) if c[0] != "copy" for j, b in enumerate(c[1]) if b is ib] for ib in in_bufs]
-      self.bound = [self._bind(c) for c in captured]
-      self.kernel_count = len(captured)
-      return out
     sig = [(t.shape, t.dtype, t.device) for t in ins]
+    if self.calls == 2:
+      self.signature = sig
+      R.capturing = rec = _Recorder()
+      try: self.out = self._run(args, kwargs)
+      finally: R.capturing = None
+      self.kernel_count = len(rec.table)
+      self._plan(rec, [t.lazydata.buffer for t in ins])
+      return self.out
     if sig != self.signature:
       raise ValueError(f"jit: inputs changed from {self.signature} to {sig}; a jitted function needs the same shapes, dtypes and devices each call")
-    changed = set()
-    for t, slots in zip(ins, self.slots):
-      for i, j in slots:
-        if self.captured[i][1][j] is not t.lazydata.buffer:
-          self.captured[i][1][j] = t.lazydata.buffer; changed.add(i)
-    for i in changed: self.bound[i] = self._bind(self.captured[i])
-    for f in self.bound: f()
+    for priv, t in zip(self.private, ins): priv.copy_from_peer(t.lazydata.buffer)
+    for f in self.replay: f()
     return self.out
 
-  @staticmethod
-  def _bind(c):
-    if c[0] == "copy":
-      _, dst, src = c
-      return lambda: dst.copy_from_peer(src)
-    prog, bufs = c
-    return prog.bind(*[b.handle for b in bufs])
+  def _plan(self, rec: _Recorder, in_bufs: list):
+    """Turn the recorded launches into replay calls over planned memory (see the module docstring)."""
+    self.private = [Buffer(b.device, b.size, b.dtype) for b in in_bufs]
+    keep = {uid: r() for uid, r in rec.refs.items() if r() is not None}   # held outside the step: state, outputs, arguments
+    for b, p in zip(in_bufs, self.private): keep[b.uid] = p
+    arena = _assign_arena(rec.table, rec.meta, keep)
+    calls = [(prog, [keep.get(u) or arena[u] for u in uids]) for prog, uids in rec.table]
+    blocks = list({id(b): b for b in arena.values()}.values())
+    self.buffers = list(keep.values()) + blocks
+    self.arena_bytes = sum(b.nbytes for b in blocks)                                      # what replays need
+    self.intermediate_bytes = sum(rec.meta[u][1] for u in rec.refs if u not in keep)   # without the plan
+    self.replay = _batch(calls)
+
+
+class _Recorder:
+  """Receives the launches of the recorded call (realize.capturing). It holds buffers weakly, so that
+  intermediates are freed during the recording as in any call; what is still alive afterwards is state."""
+  def __init__(self): self.table, self.meta, self.refs = [], {}, {}
+
+  def append(self, entry):
+    prog, bufs = ("copy", [entry[1], entry[2]]) if entry[0] == "copy" else entry
+    for b in bufs:
+      if b.uid not in self.refs: self.meta[b.uid], self.refs[b.uid] = (b.device, b.nbytes), weakref.ref(b)
+    self.table.append((prog, [b.uid for b in bufs]))
+
+
+def _assign_arena(table, meta, keep) -> dict:
+  """Buffers for the intermediates: each recorded buffer nothing else holds gets a block that no other
+  intermediate uses during its lifetime (from its first to its last launch); best fit among free ones."""
+  first, last = {}, {}
+  for n, (_, ids) in enumerate(table):
+    for i in ids:
+      first.setdefault(i, n); last[i] = n
+  free, out = {}, {}
+  for n, (_, ids) in enumerate(table):
+    for i in ids:
+      if i in keep or i in out: continue
+      dev, nbytes = meta[i]
+      pool = free.setdefault(dev, [])
+      fits = [b for b in pool if b.nbytes >= nbytes]
+      if fits:
+        b = min(fits, key=lambda b: b.nbytes); pool.remove(b)
+      else: b = Buffer(dev, nbytes, dtypes.uint8)
+      out[i] = b
+    for i in set(ids):
+      if i not in keep and last[i] == n: free[meta[i][0]].append(out[i])
+  return out
+
+
+def _batch(calls) -> list:
+  """Zero-argument replay calls: device copies as they are; each run of kernel launches on one CUDA device
+  as one captured graph; on other runtimes one bound call per launch."""
+  out, run = [], []
+  def flush():
+    if len(run) > 1: out.append(run[0][0].rt.graph([p.bind(*[b.handle for b in bufs]) for p, bufs in run]))
+    elif run: out.append(run[0][0].bind(*[b.handle for b in run[0][1]]))
+    run.clear()
+  for prog, bufs in calls:
+    graphable = hasattr(getattr(prog, "rt", None), "graph")
+    if run and (not graphable or run[0][0].rt is not prog.rt): flush()
+    if prog == "copy": out.append(functools.partial(bufs[0].copy_from_peer, bufs[1]))
+    elif graphable: run.append((prog, bufs))
+    else: out.append(prog.bind(*[b.handle for b in bufs]))
+  flush()
+  return out
 
 
 def jit(fn) -> JitFunction:

@@ -7,7 +7,7 @@ from .schedule import create_schedule, Kernel, CopyItem, CustomItem
 from .lazy import LazyBuffer
 
 _programs: dict = {}
-capturing: list | None = None     # set by the JIT: receives (program, [buffers]) per launch
+capturing = None     # set by the JIT: its append() receives (program, [buffers]) or ('copy', dst, src) per launch
 stats = {"kernels": 0, "compiled": 0}
 
 
@@ -27,7 +27,8 @@ def get_program(k: Kernel | CustomItem):
 
 
 def realize(*lbs: LazyBuffer):
-  for item in create_schedule(list(lbs)): run_item(item)
+  items = create_schedule(list(lbs))[::-1]
+  while items: run_item(items.pop())   # an intermediate is freed after its last reader, not at the end
 
 
 def run_item(item):

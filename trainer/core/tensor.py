@@ -522,8 +522,11 @@ class Tensor:
   dot = matmul
 
   def linear(self, weight, bias=None):
-    """x @ weight.T + bias (weight is (out, in), as in torch and Hugging Face checkpoints)."""
-    out = self @ weight.T
+    """x @ weight.T + bias (weight is (out, in), as in torch and Hugging Face checkpoints). Leading axes are
+    folded into one, so the weight's gradient is one matrix product, not a batch of them summed."""
+    x = self.reshape(-1, self.shape[-1]) if self.ndim > 2 else self
+    out = x @ weight.T
+    if self.ndim > 2: out = out.reshape(*self.shape[:-1], weight.shape[0])
     return out + bias if bias is not None else out
 
   # composite nn ops live in functional.py; attached below

@@ -71,12 +71,13 @@ def _prod(xs):
 
 
 def _index_type(k: Kernel, nest: LoopNest) -> str:
-  """int where every index of the kernel fits in 31 bits, else long long."""
+  """int where every index of the kernel fits in 31 bits with room for a grid-stride step past the end
+  (up to 2**20 blocks x 256 threads), else long long."""
   big = _prod(nest.shape)
   for acc in list(nest.access.values()) + [nest.out]:
     big = max(big, abs(acc.offset) + sum((s - 1) * abs(st) for s, st in zip(nest.shape, acc.strides) if s > 0))
   for b in list(k.inputs) + [k.output]: big = max(big, b.size)
-  return "int" if big < 2**31 - 1 else "long long"
+  return "int" if big + (1 << 28) < 2**31 - 1 else "long long"
 
 
 def _signature(k: Kernel, name: str, bounds: int) -> str:

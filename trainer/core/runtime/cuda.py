@@ -6,7 +6,8 @@ buffers are kept for reuse by size (the stream orders reuse, and cuMemFree would
 Kernels are rendered as CUDA C (codegen/cuda.py), compiled to a CUBIN for the device's compute
 capability with NVRTC (or `nvcc -cubin` where no NVRTC library is found) and cached on disk by the
 hash of source, architecture and compiler version. Every driver call's result is checked and a
-failure raises CUDAError naming the call and the error (cuGetErrorName).
+failure raises CUDAError naming the call and the error (cuGetErrorName). `graph` records a run of
+launches by stream capture into a CUDA graph (the JIT's replay).
 """
 from __future__ import annotations
 import ctypes, ctypes.util, glob, hashlib, os, shutil, subprocess, sys, tempfile
@@ -25,6 +26,7 @@ CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704
 CU_STREAM_NON_BLOCKING = 1
 CU_EVENT_DISABLE_TIMING = 2
+CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1
 
 
 class CUDAError(RuntimeError): pass
@@ -72,6 +74,9 @@ def _declare(lib):
     "cuStreamCreate": [ctypes.POINTER(P), U], "cuStreamSynchronize": [P], "cuStreamWaitEvent": [P, P, U],
     "cuEventCreate": [ctypes.POINTER(P), U], "cuEventRecord": [P, P], "cuEventDestroy_v2": [P], "cuEventSynchronize": [P],
     "cuEventElapsedTime": [ctypes.POINTER(ctypes.c_float), P, P],
+    "cuStreamBeginCapture_v2": [P, I], "cuStreamEndCapture": [P, ctypes.POINTER(P)],
+    "cuGraphInstantiateWithFlags": [ctypes.POINTER(P), P, ctypes.c_ulonglong], "cuGraphLaunch": [P, P],
+    "cuGraphExecDestroy": [P], "cuGraphDestroy": [P],
   }
   for name, args in sigs.items():
     try: fn = getattr(lib, name)
@@ -277,6 +282,22 @@ class Program:
     return run
 
 
+class GraphLaunch:
+  """An instantiated CUDA graph: calling it launches every recorded kernel on the device's stream."""
+  def __init__(self, rt, graph, exe, n):
+    self.rt, self.graph, self.exe, self.n = rt, graph, exe, n
+
+  def __call__(self):
+    self.rt._activate()
+    check(self.rt.lib.cuGraphLaunch(self.exe, self.rt.stream), f"cuGraphLaunch ({self.n} kernels) on {self.rt.name}")
+
+  def __del__(self):
+    if _cuda is None: return
+    try:
+      self.rt.lib.cuGraphExecDestroy(self.exe); self.rt.lib.cuGraphDestroy(self.graph)
+    except Exception: pass
+
+
 class CUDARuntime(Runtime):
   def __init__(self, name: str, index: int):
     lib = _load_cuda()
@@ -302,6 +323,7 @@ class CUDARuntime(Runtime):
     check(lib.cuDeviceGetName(buf, 256, self.dev), "cuDeviceGetName")
     self.device_name = buf.value.decode()
     self.pool, self.pooled, self.peers, self._sizes = {}, 0, set(), {}
+    self.held = self.peak = 0   # bytes of device memory allocated (in use or pooled), and the most ever
     self.modules = {}   # cubin key -> CUmodule
 
   def attr(self, a: int) -> int:
@@ -331,12 +353,14 @@ class CUDARuntime(Runtime):
       r = self.lib.cuMemAlloc_v2(ctypes.byref(p), nbytes)
     check(r, f"cuMemAlloc({nbytes} bytes) on {self.name}")
     self._sizes[p.value] = nbytes
+    self.held += nbytes; self.peak = max(self.peak, self.held)
     return p.value
 
   def _drain_pool(self):
     self.synchronize()
     for lst in self.pool.values():
       for h in lst: check(self.lib.cuMemFree_v2(h), "cuMemFree")
+    self.held -= self.pooled
     self.pool, self.pooled = {}, 0
 
   def free(self, handle):
@@ -348,6 +372,7 @@ class CUDARuntime(Runtime):
     try:
       self._activate()
       self.lib.cuMemFree_v2(handle)
+      self.held -= size or 0
     except Exception: pass
 
   def copyin(self, handle, data: np.ndarray):
@@ -451,6 +476,21 @@ class CUDARuntime(Runtime):
     g, b = prog.grid, prog.block
     check(self.lib.cuLaunchKernel(prog.fn, g[0], g[1], g[2], b[0], b[1], b[2], prog.smem, self.stream, params, None),
           f"cuLaunchKernel({prog.name}) on {self.name}")
+
+  # -- graphs (the JIT's replay)
+  def graph(self, calls) -> GraphLaunch:
+    """Record zero-argument launch calls on this device's stream into a CUDA graph, replayed as one launch."""
+    self._activate()
+    check(self.lib.cuStreamBeginCapture_v2(self.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), f"cuStreamBeginCapture on {self.name}")
+    g = ctypes.c_void_p()
+    try:
+      for f in calls: f()
+    finally:
+      r = self.lib.cuStreamEndCapture(self.stream, ctypes.byref(g))
+    check(r, f"cuStreamEndCapture on {self.name}")
+    ex = ctypes.c_void_p()
+    check(self.lib.cuGraphInstantiateWithFlags(ctypes.byref(ex), g, 0), f"cuGraphInstantiate on {self.name}")
+    return GraphLaunch(self, g.value, ex.value, len(calls))
 
   # -- timing (benchmarks)
   def event(self):
