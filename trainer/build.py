@@ -20,6 +20,14 @@ def build_model(cfg, device: str):
   return ResNet(rc, device=device)
 
 
+def build_replica(cfg, devices: list[str]):
+  """One model replica on a tensor-parallel group: built on its first device, then sharded over all."""
+  model = build_model(cfg, devices[0])
+  if len(devices) == 1: return model
+  from .parallel.tensor_parallel import shard_model, LLAMA_PLAN
+  return shard_model(model, devices, LLAMA_PLAN)
+
+
 def build_optimizer(cfg, params):
   o = cfg.optimizer
   if o.name == "adamw": return AdamW(params, o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)

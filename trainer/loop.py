@@ -17,7 +17,7 @@ from .nn.module import to_numpy_storage
 from .mlperf_log import MLPerfLogger
 from .tasks import make_task
 from . import results as results_tree
-from .build import build_model, build_optimizer, build_schedule, flops_per_sample
+from .build import build_replica, build_optimizer, build_schedule, flops_per_sample
 from .parallel import Mesh
 from .parallel.data_parallel import DataParallel
 
@@ -44,11 +44,12 @@ class Run:
     if self.resumed is None:
       self.log.init_start(); self.log.hyperparameters()
     Tensor.manual_seed(cfg.train.seed)
-    if cfg.mesh.tp > 1: raise ValueError("tensor parallelism is not implemented yet: use mesh.tp: 1")
     self.mesh = Mesh(cfg.mesh.dp, cfg.mesh.tp, cfg.mesh.device)
+    # replica d runs on its tensor-parallel group (a single device when tp is 1)
+    self.groups = [self.mesh.tp_group(d) if cfg.mesh.tp > 1 else self.mesh.device(d) for d in range(cfg.mesh.dp)]
     self.devices = self.mesh.dp_group(0)
-    self.task = make_task(cfg, self.devices[0])
-    self.models = [self.task.model] + [build_model(cfg, d) for d in self.devices[1:]]
+    self.task = make_task(cfg, self.groups[0])
+    self.models = [self.task.model] + [build_replica(cfg, g if isinstance(g, list) else [g]) for g in self.groups[1:]]
     if cfg.checkpoint.init_weights and self.resumed is None:   # e.g. published Llama 3.1 weights (Hugging Face layout)
       self.task.model.load_state_dict(load_hf_safetensors(cfg.checkpoint.init_weights))
     self.opt = DataParallel(self.models, lambda ps: build_optimizer(cfg, ps), zero1=cfg.mesh.zero1, clip_norm=cfg.optimizer.grad_clip_norm)
@@ -82,7 +83,7 @@ class Run:
   def _restore(self, ck):
     tensors, st = ck.tensors(), ck.state
     part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    self.task.model.load_state_dict(part("model."))
+    for m in self.models: m.load_state_dict(part("model."))   # every data-parallel replica
     self.opt.load_state_dict(part("optim."))
     self.step, self.samples, self.evals = st["step"], st["samples"], st["evals"]
     rng.set_state(st["rng"])
@@ -121,7 +122,7 @@ class Run:
     while not self._cap_reached() and (max_steps is None or self.step < max_steps):
       if not self.block_open: self.log.block_start(self._position()); self.block_open = True
       x, y = self.task.next_batch()
-      parts = [self.task.to_device(xp, yp, d) for xp, yp, d in zip(np.array_split(x, len(self.devices)), np.array_split(y, len(self.devices)), self.devices)]
+      parts = [self.task.to_device(xp, yp, g) for xp, yp, g in zip(np.array_split(x, len(self.groups)), np.array_split(y, len(self.groups)), self.groups)]
       x, y = [p[0] for p in parts], [p[1] for p in parts]
       lr = self.schedule(self.step)
       self.opt.set_lr(lr)

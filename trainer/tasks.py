@@ -8,13 +8,15 @@ from __future__ import annotations
 import itertools, os
 import numpy as np
 from .core import Tensor, dtypes, no_grad
-from .build import build_model
+from .build import build_model, build_replica
+from .parallel.sharded import Sharded
 
 
 class LMTask:
   metric = "log perplexity"
 
-  def __init__(self, cfg, device: str, dp_rank=0, dp_size=1):
+  def __init__(self, cfg, device, dp_rank=0, dp_size=1):
+    """device: one device, or the tensor-parallel group (a list) the model is sharded over."""
     from .data.tokens import TokenDataset, TokenLoader
     self.cfg, self.device = cfg, device
     d = cfg.data
@@ -22,7 +24,7 @@ class LMTask:
     self.train_set = TokenDataset(train_prefixes, d.seq_len)
     self.val_set = TokenDataset(val_prefix, d.seq_len, num_samples=cfg.eval.samples)
     self.loader = TokenLoader(self.train_set, cfg.train.global_batch_size, dp_rank, dp_size, shuffle=True, seed=cfg.train.seed)
-    self.model = build_model(cfg, device)
+    self.model = build_replica(cfg, device if isinstance(device, list) else [device])
     self.tokens_per_sample = d.seq_len
 
   @staticmethod
@@ -47,8 +49,14 @@ class LMTask:
     toks = next(self.loader)
     return toks[:, :-1].astype(np.int32), toks[:, 1:].astype(np.int32)
 
+  @staticmethod
+  def _place(arr, device):
+    """Host tokens on a device, or replicated over a tensor-parallel group."""
+    if isinstance(device, list): return Sharded.replicate(Tensor(arr, device=device[0]), device)
+    return Tensor(arr, device=device)
+
   def to_device(self, x, y, device):
-    return Tensor(x, device=device), Tensor(y, device=device)
+    return self._place(x, device), self._place(y, device)
 
   def loss(self, model, x, y) -> Tensor:
     return model(x).float().cross_entropy(y)
@@ -58,7 +66,7 @@ class LMTask:
     with no_grad():
       for start in range(0, len(self.val_set), batch_size):
         toks = self.val_set.batch(np.arange(start, min(start + batch_size, len(self.val_set))))
-        x, y = Tensor(toks[:, :-1].astype(np.int32), device=self.device), Tensor(toks[:, 1:].astype(np.int32), device=self.device)
+        x, y = self.to_device(toks[:, :-1].astype(np.int32), toks[:, 1:].astype(np.int32), self.device)
         total += self.model(x).float().cross_entropy(y, reduction="sum").item()
         count += y.numel()
     return total / count

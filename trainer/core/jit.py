@@ -28,7 +28,7 @@ def _tensors(x):
   if isinstance(x, Tensor): return [x]
   if isinstance(x, (list, tuple)): return [t for v in x for t in _tensors(v)]
   if isinstance(x, dict): return [t for v in x.values() for t in _tensors(v)]
-  return []
+  return _tensors(x.shards) if hasattr(x, "shards") else []   # a tensor-parallel Sharded
 
 
 class JitFunction:
@@ -87,7 +87,7 @@ class _Recorder:
   def __init__(self): self.table, self.meta, self.refs = [], {}, {}
 
   def append(self, entry):
-    prog, bufs = ("copy", [entry[1], entry[2]]) if entry[0] == "copy" else entry
+    prog, bufs = (("copy", entry[1].nbytes), [entry[1], entry[2]]) if entry[0] == "copy" else entry
     for b in bufs:
       if b.uid not in self.refs: self.meta[b.uid], self.refs[b.uid] = (b.device, b.nbytes), weakref.ref(b)
     self.table.append((prog, [b.uid for b in bufs]))
@@ -127,7 +127,9 @@ def _batch(calls) -> list:
   for prog, bufs in calls:
     graphable = hasattr(getattr(prog, "rt", None), "graph")
     if run and (not graphable or run[0][0].rt is not prog.rt): flush()
-    if prog == "copy": out.append(functools.partial(bufs[0].copy_from_peer, bufs[1]))
+    if isinstance(prog, tuple):   # ("copy", bytes): an arena block may be larger than the copy
+      dst, src = bufs
+      out.append(functools.partial(src.runtime.copy_peer, dst.runtime, dst.handle, src.handle, prog[1]))
     elif graphable: run.append((prog, bufs))
     else: out.append(prog.bind(*[b.handle for b in bufs]))
   flush()

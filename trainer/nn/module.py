@@ -1,5 +1,5 @@
 """Module: the base of layers and models. Parameters and buffers are found by walking attributes
-(Tensors, Modules, and lists/tuples/dicts of them) in definition order, so names come out as in
+(Tensors, tensor-parallel Sharded tensors, Modules, and lists/tuples/dicts of them) in definition order, so names come out as in
 PyTorch (`layers.0.self_attn.q_proj.weight`). Attributes whose name starts with `_` are private and
 skipped. A Tensor attribute is a parameter unless its name was registered with `register_buffer`.
 """
@@ -97,6 +97,8 @@ class Module:
       if n not in state: continue
       arr, _ = _np_of(state[n])
       arr = np.ascontiguousarray(arr.astype(np.float32) if t.dtype.is_float else arr).reshape(t.shape)
+      if getattr(t, "is_sharded", False):
+        t.assign_full(arr); continue
       new = Tensor(arr, device=t.device, dtype=t.dtype)
       if t.lazydata.op is Op.BUFFER and t.lazydata.buffer is not None:
         t.assign(new).realize()
@@ -136,7 +138,7 @@ class Module:
 
 
 def _walk_value(name, v, is_buffer):
-  if isinstance(v, Tensor): yield name, v, is_buffer
+  if isinstance(v, Tensor) or getattr(v, "is_sharded", False): yield name, v, is_buffer
   elif isinstance(v, Module): yield from v._walk(name + ".")
   elif isinstance(v, (list, tuple)):
     for i, x in enumerate(v): yield from _walk_value(f"{name}.{i}", x, is_buffer)

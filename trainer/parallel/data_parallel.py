@@ -5,25 +5,36 @@ averaged with a single ring all-reduce, so every replica applies the same update
 stay identical. With ZeRO-1 the bucket is reduce-scattered instead: replica r keeps the fp32 master
 weights and optimizer state of only its 1/dp slice of the flattened parameters, updates that slice,
 and an all-gather brings the new weights back to every replica.
+With tensor parallelism each replica is sharded over its tp group: the replicas' devices of each tp
+rank form their own ring with one bucket per device, after each replicated parameter's gradient has
+been summed over its tp group (tensor_parallel.sync_replicated_grads).
 """
 from __future__ import annotations
 from ..core import Tensor, dtypes, no_grad
 from ..nn.module import materialize, _np_of
 from ..nn.optim import clip_grad_norm
 from .collectives import all_reduce, reduce_scatter, all_gather, _bounds
+from .tensor_parallel import param_groups, sync_replicated_grads
 
 
 class DataParallel:
+  """`models`: one replica per dp rank, each a plain model or one sharded over a tensor-parallel group
+  (tensor_parallel.shard_model); the replicas' devices of tp rank r form the all-reduce ring of r."""
   def __init__(self, models: list, make_optimizer, zero1: bool = False, clip_norm: float | None = None):
     self.models, self.zero1, self.clip_norm = models, zero1, clip_norm
-    self.params = [m.parameters() for m in models]
-    self.devices = [ps[0].device for ps in self.params]
+    groups = [param_groups(m) for m in models]
+    self.replicated = groups[0][1]
+    self.ranks = [[g[0][r] for g in groups] for r in range(len(groups[0][0]))]   # [tp rank][replica] -> tensors of one device
+    if zero1 and len(self.ranks) > 1: raise ValueError("ZeRO-1 together with tensor parallelism is not supported: set mesh.zero1: false")
     with no_grad():
-      for ps in self.params[1:]:             # every replica starts from replica 0's weights
-        Tensor.realize_all(*[p.assign(p0.to(p.device)) for p0, p in zip(self.params[0], ps)])
+      for rank in self.ranks:
+        for ps in rank[1:]:             # every replica starts from replica 0's weights
+          Tensor.realize_all(*[p.assign(p0.to(p.device)) for p0, p in zip(rank[0], ps)])
+    self.params = self.ranks[0]         # tp rank 0's tensors of every replica (all of them without tp)
+    self.devices = [ps[0].device for ps in self.params]
     self.sizes = [p.numel() for p in self.params[0]]
     if not zero1:
-      self.opts = [make_optimizer(ps) for ps in self.params]
+      self.opts = [make_optimizer(ps) for rank in self.ranks for ps in rank]
       return
     flat = self._flatten(self.params[0], lambda p: p.detach().float())
     self.bounds = _bounds(flat.shape[0], len(models))
@@ -42,13 +53,17 @@ class DataParallel:
   def step(self):
     """Average the replicas' gradients and apply the optimizer everywhere (or shard-wise with ZeRO-1)."""
     with no_grad():
-      buckets = [self._flatten(ps, self._grad) for ps in self.params]
+      if len(self.ranks) > 1:
+        for m in self.models: sync_replicated_grads(m)
       if not self.zero1:
-        for ps, g, opt in zip(self.params, all_reduce(buckets, "mean"), self.opts):
-          self._scatter_grads(ps, g)
-          if self.clip_norm: clip_grad_norm(ps, self.clip_norm)
+        for rank in self.ranks:
+          for ps, g in zip(rank, all_reduce([self._flatten(ps, self._grad) for ps in rank], "mean")): self._scatter_grads(ps, g)
+        if self.clip_norm:
+          for d in range(len(self.models)): self._clip([rank[d] for rank in self.ranks])
+        for opt in self.opts:
           opt.step(); opt.zero_grad()
         return
+      buckets = [self._flatten(ps, self._grad) for ps in self.params]
       parts = reduce_scatter(buckets, "mean")
       if self.clip_norm:
         sq = all_reduce([(g * g).sum().reshape(1) for g in parts], "sum")
@@ -64,19 +79,39 @@ class DataParallel:
           p.grad = None
         Tensor.realize_all(*new)
 
+  def _clip(self, groups: list[list[Tensor]]):
+    """Global-norm clipping of one replica whose parameters are spread over a tensor-parallel group
+    (each replicated parameter counted once)."""
+    if len(groups) == 1:
+      clip_grad_norm(groups[0], self.clip_norm); return
+    sq = [sum((p.grad.float().square().sum() for p, rep in zip(ps, self.replicated) if r == 0 or not rep), Tensor(0.0, device=ps[0].device))
+          for r, ps in enumerate(groups)]
+    total = sum(s.to(groups[0][0].device) for s in sq[1:]) + sq[0]
+    coef = (self.clip_norm / (total.sqrt() + 1e-6)).minimum(1.0)
+    for ps in groups:
+      c = coef.to(ps[0].device)
+      for p in ps: p.grad = (p.grad.float() * c).cast(p.grad.dtype)
+
   def _scatter_grads(self, ps, flat):
     off = 0
-    for p, n in zip(ps, self.sizes):
+    for p in ps:
+      n = p.numel()
       p.grad = flat[off:off + n].reshape(p.shape).cast(p.dtype if p.dtype.is_float else dtypes.float32); off += n
 
   def state_dict(self) -> dict:
-    if not self.zero1: return {f"{k}": v for k, v in self.opts[0].state_dict().items()}
+    if not self.zero1:
+      if len(self.ranks) == 1: return dict(self.opts[0].state_dict())
+      per = len(self.models)   # the optimizers of tp rank r start at r * per
+      return {f"tp{r}.{k}": v for r in range(len(self.ranks)) for k, v in self.opts[r * per].state_dict().items()}
     return {f"rank{r}.{k}": v for r, o in enumerate(self.opts) for k, v in o.state_dict().items()} | \
            {f"rank{r}.shard": s for r, s in enumerate(self.shards)}
 
   def load_state_dict(self, sd: dict):
     if not self.zero1:
-      for o in self.opts: o.load_state_dict(sd)
+      per = len(self.models)
+      for i, o in enumerate(self.opts):
+        prefix = f"tp{i // per}." if len(self.ranks) > 1 else ""
+        o.load_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
       return
     for r, (o, s) in enumerate(zip(self.opts, self.shards)):
       o.load_state_dict({k[len(f"rank{r}."):]: v for k, v in sd.items() if k.startswith(f"rank{r}.") and not k.endswith(".shard")})

@@ -103,7 +103,9 @@ class TakeRows(Function):
 
 
 def take_rows(table, idx):
-  """table (V, D)[idx]: the rows named by an integer tensor of any shape -> idx.shape + (D,)."""
+  """table (V, D)[idx]: the rows named by an integer tensor of any shape -> idx.shape + (D,).
+  A table that is not a Tensor (a tensor-parallel Sharded one) does its own lookup."""
+  if hasattr(table, "take_rows"): return table.take_rows(idx)
   if table.ndim != 2: raise ValueError(f"take_rows: the table must be 2-d (rows, features), got shape {tuple(table.shape)}")
   if not idx.dtype.is_int: raise TypeError(f"take_rows: indices must be integers, got {idx.dtype.name}")
   if idx.device != table.device: raise ValueError(f"take_rows: table on {table.device}, indices on {idx.device}")
