@@ -4,8 +4,9 @@
 
 Default shape (issue 3): dim 2048, 16 layers, 16 heads, 8 kv heads, ffn 8192, vocab 128256, batch 8 x
 seq 2048, bf16 parameters, AdamW (ours keeps fp32 master weights and moments, as the trainer does;
-torch's yardstick steps bf16 parameters with its fused AdamW). `--dp N` splits the batch over N GPUs
-with trainer.parallel.DataParallel (the batch per GPU stays --batch / N). The step is the trainer's:
+torch's yardstick steps bf16 parameters with its fused AdamW). `--dp N` splits the batch over N replicas
+with trainer.parallel.DataParallel (each gets --batch / N sequences); `--tp N` shards each replica over
+N GPUs (Megatron tensor parallelism, trainer.parallel.tensor_parallel). The step is the trainer's:
 forward, cross entropy in float32, backward, optimizer, all under @jit (replayed as CUDA graphs).
 
 Prints tokens/s, step time, model TFLOP/s (6 x non-embedding params + 12 x layers x dim x seq per
@@ -21,14 +22,19 @@ from trainer.core.device import get_runtime
 from trainer.models.llama import Llama, LlamaConfig
 from trainer.nn.optim import AdamW
 from trainer.parallel.data_parallel import DataParallel
+from trainer.parallel.mesh import Mesh
+from trainer.parallel.sharded import Sharded
+from trainer.parallel.tensor_parallel import shard_model, LLAMA_PLAN
 
 
-def build(a, devices):
+def build(a, mesh: Mesh):
   cfg = LlamaConfig(dim=a.dim, n_layers=a.layers, n_heads=a.heads, n_kv_heads=a.kv_heads, ffn_dim=a.ffn, vocab_size=a.vocab,
                     max_seq_len=a.seq, dtype="bfloat16")
   Tensor.manual_seed(0)
-  models = [Llama(cfg, device=d) for d in devices]
+  models = [Llama(cfg, device=mesh.device(d)) for d in range(mesh.dp)]
+  if mesh.tp > 1: models = [shard_model(m, mesh.tp_group(d), LLAMA_PLAN) for d, m in enumerate(models)]
   dp = DataParallel(models, lambda ps: AdamW(ps, lr=1e-4, weight_decay=0.1))
+  devices = mesh.dp_group(0)
 
   @jit
   def step(xs, ys):
@@ -43,18 +49,20 @@ def build(a, devices):
 
 
 def run_ours(a):
-  devices = [f"{a.backend}:{i}" for i in range(a.dp)]
+  mesh = Mesh(a.dp, a.tp, a.backend)
+  devices = [mesh.device(d, t) for d in range(a.dp) for t in range(a.tp)]
   t0 = time.time()
-  cfg, models, step = build(a, devices)
+  cfg, models, step = build(a, mesh)
   nparams = models[0].num_params()
   print(f"model: {nparams / 1e9:.3f}B params, built in {time.time() - t0:.1f}s on {', '.join(devices)}", flush=True)
   rng = np.random.default_rng(0)
   per = a.batch // a.dp
+  def place(arr, d):
+    t = Tensor(arr, device=mesh.device(d))
+    return Sharded.replicate(t, mesh.tp_group(d)) if a.tp > 1 else t
   def batch():
     tok = rng.integers(0, a.vocab, (a.batch, a.seq + 1)).astype(np.int32)
-    xs = [Tensor(tok[i * per:(i + 1) * per, :-1], device=d) for i, d in enumerate(devices)]
-    ys = [Tensor(tok[i * per:(i + 1) * per, 1:], device=d) for i, d in enumerate(devices)]
-    return xs, ys
+    return [place(tok[i * per:(i + 1) * per, :-1], i) for i in range(a.dp)], [place(tok[i * per:(i + 1) * per, 1:], i) for i in range(a.dp)]
   rts = [get_runtime(d) for d in devices]
   losses = []
   for i in range(3):   # run, record, first replay
@@ -87,21 +95,21 @@ def run_torch(a, path):
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   for name, default in (("dim", 2048), ("layers", 16), ("heads", 16), ("kv-heads", 8), ("ffn", 8192), ("vocab", 128256), ("batch", 8),
-                        ("seq", 2048), ("dp", 1), ("iters", 5)):
+                        ("seq", 2048), ("dp", 1), ("tp", 1), ("iters", 5)):
     p.add_argument(f"--{name}", type=int, default=default)
   p.add_argument("--backend", default="CUDA", help="CUDA, or CPU to try the script on a small shape")
   p.add_argument("--torch", help="path of torch_reference.py (the yardstick); omitted: ours only")
   a = p.parse_args()
   if a.batch % a.dp: p.error(f"--batch {a.batch} is not divisible by --dp {a.dp}")
   ours = run_ours(a)
-  print(f"\ndevice: {ours['device']} x{a.dp}; Llama {ours['nparams'] / 1e9:.2f}B, batch {a.batch} x seq {a.seq}, bf16, AdamW")
+  print(f"\ndevice: {ours['device']} x{a.dp * a.tp} (dp {a.dp} x tp {a.tp}); Llama {ours['nparams'] / 1e9:.2f}B, batch {a.batch} x seq {a.seq}, bf16, AdamW")
   print(f"{'':24s}{'tokens/s':>12s}{'step ms':>10s}{'TFLOP/s':>10s}{'peak GiB':>10s}")
   print(f"{'ours':24s}{ours['tokens_s']:12,.0f}{ours['step_ms']:10.1f}{ours['tflops']:10.1f}{ours['peak_gib']:10.1f}")
   if a.torch:
     t = run_torch(a, a.torch)
     if t:
       print(f"{'torch eager (1 GPU, ' + str(a.batch // a.dp) + ' seq)':24s}{t['tokens_per_s']:12,.0f}{'':10s}{t['model_TFLOPs']:10.1f}")
-      print(f"ratio ours / torch{' (per GPU)' if a.dp > 1 else ''}: {ours['tokens_s'] / a.dp / t['tokens_per_s']:.2f}x")
+      print(f"ratio ours / torch{' (per GPU)' if a.dp * a.tp > 1 else ''}: {ours['tokens_s'] / (a.dp * a.tp) / t['tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":
