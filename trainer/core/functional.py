@@ -76,6 +76,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Ten
   Hkv, S = k.shape[-3], k.shape[-2]
   if H % Hkv or k.shape != v.shape[:-1] + (k.shape[-1],) or k.shape[-1] != D:
     raise ValueError(f"scaled_dot_product_attention: q {_shape_str(q.shape)}, k {_shape_str(k.shape)}, v {_shape_str(v.shape)} do not fit")
+  from .kernels import attention
+  if attention.covers(q, k, v, attn_mask, scale): return attention.flash_attention(q, k, v, is_causal, scale)
   rep = H // Hkv
   qg = q.reshape(*b, Hkv, rep, T, D)
   s = (qg @ k.unsqueeze(-3).transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(D))   # ..., Hkv, rep, T, S
