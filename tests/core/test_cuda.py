@@ -49,6 +49,7 @@ def _cases():
     "matmul_bf16_at": hb.transpose(0, 1) @ h.transpose(0, 1),
     "matmul_f16": f16 @ f16.transpose(0, 1),
     "matmul_batched": Tensor(f(3, 64, 32), dtype="bfloat16") @ Tensor(f(3, 32, 40), dtype="bfloat16"),
+    "matmul_bf16_unaligned": Tensor(f(33, 45), dtype="bfloat16") @ Tensor(f(45, 21), dtype="bfloat16"),
     "threefry": R.threefry(idx, zero, 1234, 5678)[0],
   }
 
@@ -66,9 +67,40 @@ def test_compiles_for_sm90(case):
   for i, k in enumerate(ks):
     r = cg.render(k, f"k{i}", "sm_90")
     assert f'extern "C" __global__' in r.src and r.grid[0] >= 1 and 1 <= r.block[0] * r.block[1] <= 1024
-    if case.startswith("matmul") and case != "matmul_f32": assert "mma.sync.aligned.m16n8k16" in r.src
+    if case.startswith("matmul") and case != "matmul_f32":   # wgmma where TMA can read both operands (16-byte aligned rows)
+      wg = case != "matmul_bf16_unaligned"
+      assert ("wgmma.mma_async" in r.src, "mma.sync.aligned.m16n8k16" in r.src, r.arch, len(r.tmaps)) == (wg, not wg, "sm_90a" if wg else None, 3 * wg)
     cubin = rc.compile_cuda(r.src, r.arch or "sm_90")
     assert cubin[:4] == b"\x7fELF"
+
+
+def _matmul_render(x, y, arch="sm_90"):
+  (k,) = _kernels(x @ y)
+  return cg.render(k, "k", arch)
+
+
+def test_wgmma_tensor_maps():
+  """The tensor maps of the Hopper path: innermost the contiguous axis, batch axes sorted by stride, broadcast
+  ones dropped, the output's too when the copy engine can write it; operands TMA cannot read (a row pitch not a
+  multiple of 16 bytes) and other GPUs take mma.sync."""
+  r = np.random.default_rng(0)
+  t = lambda *s: Tensor(r.standard_normal(s).astype(np.float32), dtype="bfloat16")
+  a, b = _matmul_render(t(300, 520), t(520, 264)).tmaps[:2]
+  assert (a.dims, a.strides, a.box, b.dims, b.strides, b.box) == ((520, 300), (520,), (64, 128), (264, 520), (264,), (64, 64))
+  a, b = _matmul_render(t(520, 304).transpose(0, 1), t(264, 520).transpose(0, 1)).tmaps[:2]   # M-major A, K-major B
+  assert (a.dims, a.box, b.dims, b.box) == ((304, 520), (64, 64), (520, 264), (64, 256))
+  a, b = _matmul_render(t(3, 2, 64, 40), t(3, 1, 40, 72)).tmaps[:2]   # B broadcast over axis 1: folded into M
+  assert (a.dims, a.strides, b.dims, b.strides) == ((40, 128, 3), (40, 5120), (72, 40, 3), (72, 2880))
+  a, b = _matmul_render(t(2, 64, 40), t(3, 1, 40, 72)).tmaps[:2]   # and A over axis 0: no such dim in its map
+  assert (a.dims, a.strides, b.dims, b.strides) == ((40, 128), (40,), (72, 40, 3), (72, 2880))
+  q = t(64, 4, 32).permute(1, 0, 2)   # heads of a (T, H, D) tensor: the batch stride is under the row stride
+  a = _matmul_render(q, q.transpose(1, 2)).tmaps[0]
+  assert (a.dims, a.strides) == ((32, 4, 64), (32, 128))
+  c = _matmul_render(t(300, 520), t(520, 264)).tmaps[2]   # the output, written by the copy engine
+  assert (c.arg, c.dims, c.strides, c.box) == (0, (264, 300), (264,), (64, 64))
+  assert len(_matmul_render(t(64, 128), t(36, 128).transpose(0, 1)).tmaps) == 2   # rows of 72 bytes: stored directly
+  assert not _matmul_render(t(64, 100), t(100, 64)).tmaps
+  assert not _matmul_render(t(64, 128), t(128, 64), "sm_80").tmaps
 
 
 def test_device_count_without_driver_is_not_an_error():
@@ -167,6 +199,39 @@ def test_gpu_batched_and_strided_matmul():
   np.testing.assert_allclose(g, c, rtol=2e-2, atol=5e-2)
   c, g = _both(lambda x, y: x[:, :, ::2, 1:] @ y[:, :, 1:, ::3], a, b, dtype="bfloat16")
   np.testing.assert_allclose(g, c, rtol=2e-2, atol=5e-2)
+
+
+def _ref(x, y): return np.asarray(bf16_to_f32(f32_to_bf16(x)), np.float64) @ np.asarray(bf16_to_f32(f32_to_bf16(y)), np.float64)
+
+
+@gpu
+@pytest.mark.parametrize("M,N,K", [(304, 264, 520), (136, 96, 72), (136, 100, 72), (1, 256, 64), (520, 1000, 136), (64, 8, 8)])
+def test_gpu_wgmma_matmul(M, N, K):
+  """The Hopper path (on other GPUs the fallback) over odd edges and every operand layout, against float64."""
+  a, b = _r(M, K), _r(K, N, seed=1)
+  ref = _ref(a, b)
+  T = lambda x: x.transpose(0, 1).contiguous().transpose(0, 1)
+  for va, vb in [(lambda x: x, lambda y: y), (T, T), (lambda x: x, T), (T, lambda y: y)]:
+    g = (va(Tensor(a, dtype="bfloat16", device=DEV)) @ vb(Tensor(b, dtype="bfloat16", device=DEV))).numpy().astype(np.float64)
+    assert np.linalg.norm(g - ref) / np.linalg.norm(ref) < 8e-3
+
+
+@gpu
+def test_gpu_wgmma_batched_and_fp16():
+  a, b = _r(3, 2, 136, 40), _r(3, 1, 40, 200, seed=1)
+  g = (Tensor(a, dtype="bfloat16", device=DEV) @ Tensor(b, dtype="bfloat16", device=DEV)).numpy().astype(np.float64)
+  ref = _ref(a, b)
+  assert np.linalg.norm(g - ref) / np.linalg.norm(ref) < 8e-3
+  x = _r(64, 4, 32, seed=2)   # attention scores over the heads of a (T, H, D) tensor
+  q = Tensor(x, dtype="bfloat16", device=DEV).permute(1, 0, 2)
+  g = (q @ q.transpose(1, 2)).numpy().astype(np.float64)
+  xt = x.transpose(1, 0, 2)
+  ref = _ref(xt, xt.transpose(0, 2, 1))
+  assert np.linalg.norm(g - ref) / np.linalg.norm(ref) < 8e-3
+  a, b = _r(200, 136, seed=3), _r(136, 72, seed=4)
+  g = (Tensor(a, dtype="float16", device=DEV) @ Tensor(b, dtype="float16", device=DEV)).numpy().astype(np.float64)
+  ref = a.astype(np.float16).astype(np.float64) @ b.astype(np.float16).astype(np.float64)
+  assert np.linalg.norm(g - ref) / np.linalg.norm(ref) < 2e-3
 
 
 @gpu

@@ -52,14 +52,29 @@ class Rendered:
   smem: int = 0               # dynamic shared memory bytes
   arch: str | None = None     # a different target than the device's own (e.g. sm_90a), or None
   zero_output: int = 0        # bytes of the output set to 0 before each launch (kernels that accumulate atomically)
+  tmaps: tuple = ()           # TensorMaps passed by value after the buffers, encoded at launch
 
 
-def render(k: Kernel, name: str, arch: str = "sm_90") -> Rendered:
+@dataclass(frozen=True)
+class TensorMap:
+  """A TMA tensor map (128-byte swizzle) over the buffer of kernel argument `arg` (0 the output, 1 + i input i),
+  encoded with its address at launch: dims and box innermost first, strides (in elements) of dims[1:], offset
+  in elements."""
+  arg: int
+  dtype: str
+  dims: tuple
+  strides: tuple
+  box: tuple
+  offset: int
+
+
+def render(k: Kernel, name: str, arch: str = "sm_90", sms: int = 132) -> Rendered:
+  """`sms`: the device's multiprocessor count (the size of a persistent grid)."""
   nest = lower(k)
   g = gemm.match(k, nest)
   if g is not None:
     from . import cuda_matmul
-    return cuda_matmul.render(name, g, k, arch)
+    return cuda_matmul.render(name, g, k, arch, sms)
   if k.reduce is None: return _elementwise(k, nest, name)
   return _reduce(k, nest, name)
 

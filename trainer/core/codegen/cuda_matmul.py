@@ -1,7 +1,10 @@
 """Matrix products for the CUDA backend: a contraction kernel (codegen/gemm.match, the same pattern as
 the CPU's) rendered as
 
-  * bf16 x bf16 or f16 x f16: a tiled tensor-core kernel, mma.sync.m16n8k16 with fp32 accumulators.
+  * bf16 x bf16 or f16 x f16 on Hopper (sm_90), when the tensor-copy engine can read both operands (each
+    contiguous along K or along M/N, 16-byte aligned strides): the wgmma kernel of codegen/cuda_wgmma.py;
+  * other bf16 x bf16 or f16 x f16 products (and all of them on other GPUs): a tiled tensor-core kernel,
+    mma.sync.m16n8k16 with fp32 accumulators.
     A block computes a BM x BN tile with 8 warps (2 x 4, each 64 x 32); K advances BK at a time through
     two shared-memory stages, fragments read by ldmatrix. An operand contiguous along K with 16-byte aligned rows is copied by
     cp.async (overlapping the next stage's load with this stage's products); one contiguous along M/N
@@ -17,9 +20,13 @@ from .gemm import Gemm
 from .cstyle import STORAGE, load_expr, store_expr
 
 
-def render(name: str, g: Gemm, k: Kernel, arch: str = "sm_90"):
+def render(name: str, g: Gemm, k: Kernel, arch: str = "sm_90", sms: int = 132):
   from .cuda import Rendered, HEADER
   ta, tb, to = k.inputs[g.a].dtype, k.inputs[g.b].dtype, k.output.dtype
+  if ta is tb and ta in (dtypes.bfloat16, dtypes.float16) and arch in ("sm_90", "sm_90a"):
+    from . import cuda_wgmma
+    r = cuda_wgmma.render(name, g, k, sms)
+    if r is not None: return r
   nb = 1
   for e, *_ in g.batch: nb *= e
   args = [f"{STORAGE[to]}* __restrict__ out"] + [f"const {STORAGE[b.dtype]}* __restrict__ in{i}" for i, b in enumerate(k.inputs)]

@@ -7,7 +7,9 @@ Kernels are rendered as CUDA C (codegen/cuda.py), compiled to a CUBIN for the de
 capability with NVRTC (or `nvcc -cubin` where no NVRTC library is found) and cached on disk by the
 hash of source, architecture and compiler version. Every driver call's result is checked and a
 failure raises CUDAError naming the call and the error (cuGetErrorName). `graph` records a run of
-launches by stream capture into a CUDA graph (the JIT's replay).
+launches by stream capture into a CUDA graph (the JIT's replay). A kernel may take TMA tensor maps after
+its buffers (codegen/cuda.TensorMap): they are encoded (cuTensorMapEncodeTiled) with the buffers' addresses
+at each launch or bind. Kernels that need another target than the device's own (sm_90a for wgmma) say so.
 """
 from __future__ import annotations
 import ctypes, ctypes.util, glob, hashlib, os, shutil, subprocess, sys, tempfile
@@ -27,6 +29,9 @@ CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704
 CU_STREAM_NON_BLOCKING = 1
 CU_EVENT_DISABLE_TIMING = 2
 CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1
+CU_TENSOR_MAP_DATA_TYPE = {"float16": 6, "bfloat16": 9}
+CU_TENSOR_MAP_SWIZZLE_128B = 3
+CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3
 
 
 class CUDAError(RuntimeError): pass
@@ -77,6 +82,7 @@ def _declare(lib):
     "cuStreamBeginCapture_v2": [P, I], "cuStreamEndCapture": [P, ctypes.POINTER(P)],
     "cuGraphInstantiateWithFlags": [ctypes.POINTER(P), P, ctypes.c_ulonglong], "cuGraphLaunch": [P, P],
     "cuGraphExecDestroy": [P], "cuGraphDestroy": [P],
+    "cuTensorMapEncodeTiled": [P, I, U, P, P, P, P, P, I, I, I, I],
   }
   for name, args in sigs.items():
     try: fn = getattr(lib, name)
@@ -250,18 +256,39 @@ def _numbered(src: str) -> str: return "\n".join(f"{i+1:4d} {l}" for i, l in enu
 _current_ctx = [None]
 
 
+def encode_tensor_map(tm, handle: int):
+  """A CUtensorMap (codegen/cuda.TensorMap over the buffer at `handle`) for a kernel parameter: (the
+  ctypes buffer that holds it, its 64-byte aligned address). Out of bounds, copies read zeros and write nothing."""
+  buf = ctypes.create_string_buffer(128 + 64)
+  addr = (ctypes.addressof(buf) + 63) & ~63
+  rank = len(tm.dims)
+  u64, u32 = ctypes.c_uint64, ctypes.c_uint32
+  dims = (u64 * rank)(*tm.dims)
+  strides = (u64 * max(rank - 1, 1))(*[2 * s for s in tm.strides])
+  box, ones = (u32 * rank)(*tm.box), (u32 * rank)(*([1] * rank))
+  check(_cuda.cuTensorMapEncodeTiled(addr, CU_TENSOR_MAP_DATA_TYPE[tm.dtype], rank, handle + 2 * tm.offset, dims, strides, box, ones,
+                                     0, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, 0),
+        f"cuTensorMapEncodeTiled(dims {tm.dims}, strides {tm.strides}, box {tm.box})")
+  return buf, addr
+
+
 class Program:
   """A compiled kernel on one device: launch(out, *inputs) with the launch dimensions chosen by codegen."""
-  __slots__ = ("rt", "fn", "name", "grid", "block", "smem", "nargs", "zero")
+  __slots__ = ("rt", "fn", "name", "grid", "block", "smem", "nargs", "zero", "tmaps")
 
-  def __init__(self, rt, fn, name, grid, block, smem, nargs, zero=0):
+  def __init__(self, rt, fn, name, grid, block, smem, nargs, zero=0, tmaps=()):
     self.rt, self.fn, self.name, self.grid, self.block, self.smem, self.nargs = rt, fn, name, grid, block, smem, nargs
-    self.zero = zero   # bytes of the output cleared before each launch
+    self.zero = zero     # bytes of the output cleared before each launch
+    self.tmaps = tmaps   # tensor maps over argument buffers, passed after the buffers
 
   def _params(self, handles):
     assert len(handles) == self.nargs, f"{self.name}: {len(handles)} buffers for {self.nargs} parameters"
     vals = [ctypes.c_uint64(int(h)) for h in handles]
-    arr = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+    ptrs = [ctypes.addressof(v) for v in vals]
+    for tm in self.tmaps:
+      buf, addr = encode_tensor_map(tm, int(handles[tm.arg]))
+      vals.append(buf); ptrs.append(addr)
+    arr = (ctypes.c_void_p * len(ptrs))(*ptrs)
     return vals, arr
 
   def __call__(self, *handles):
@@ -442,7 +469,7 @@ class CUDARuntime(Runtime):
     self._activate()
     check(self.lib.cuMemsetD8Async(handle, 0, nbytes, self.stream), f"cuMemsetD8Async on {self.name}")
 
-  def load(self, cubin: bytes, name: str, grid, block, smem: int, nargs: int, zero: int = 0) -> Program:
+  def load(self, cubin: bytes, name: str, grid, block, smem: int, nargs: int, zero: int = 0, tmaps=()) -> Program:
     key = hashlib.sha256(cubin).hexdigest()
     self._activate()
     mod = self.modules.get(key)
@@ -457,13 +484,13 @@ class CUDARuntime(Runtime):
       check(self.lib.cuFuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem), f"cuFuncSetAttribute({name}, {smem} B shared)")
     for i, (g, lim) in enumerate(zip(grid, (2**31 - 1, 65535, 65535))):
       if not 1 <= g <= lim: raise CUDAError(f"{name}: grid dimension {i} is {g} (limit {lim})")
-    return Program(self, fn.value, name, tuple(grid), tuple(block), smem, nargs, zero)
+    return Program(self, fn.value, name, tuple(grid), tuple(block), smem, nargs, zero, tmaps)
 
   def compile(self, kernel, name: str) -> Program:
     from ..codegen import cuda as cuda_codegen
-    r = cuda_codegen.render(kernel, name, self.arch)
+    r = cuda_codegen.render(kernel, name, self.arch, self.sm_count)
     cubin = compile_cuda(r.src, r.arch or self.arch, f"{name}.cu")
-    return self.load(cubin, name, r.grid, r.block, r.smem, 1 + len(kernel.inputs), r.zero_output)
+    return self.load(cubin, name, r.grid, r.block, r.smem, 1 + len(kernel.inputs), r.zero_output, r.tmaps)
 
   def compile_custom(self, kernel, name: str, out, inputs):
     if not hasattr(kernel, "render_cuda"): return super().compile_custom(kernel, name, out, inputs)
