@@ -79,8 +79,25 @@ def run_ours(a):
   flops_tok = 6 * (nparams - a.vocab * a.dim) + 12 * a.layers * a.dim * a.seq
   peak = max(getattr(rt, 'peak', 0) for rt in rts) / 2**30
   print(f"losses: {' '.join(f'{l:.3f}' for l in losses)}")
+  if a.profile: profile(step, rts[0])
   print(f"kernels per step {step.kernel_count}, arena {step.arena_bytes / 2**30:.1f} GiB for {step.intermediate_bytes / 2**30:.1f} GiB of intermediates")
   return dict(tokens_s=toks, step_ms=dt * 1e3, tflops=toks * flops_tok / 1e12, peak_gib=peak, nparams=nparams, device=getattr(rts[0], 'device_name', rts[0].name))
+
+
+def profile(step, rt, top=25):
+  """Time every launch of one replay (needs TRAINER_CUDA_GRAPHS=0) and print where the step's time goes."""
+  from trainer.core import realize as R
+  if not hasattr(rt, "event"): print("profile: needs a CUDA device"); return
+  if len(step.replay) != len(step.launches): print("profile: set TRAINER_CUDA_GRAPHS=0 to time launches one by one"); return
+  by = {}
+  for prog, f in zip(step.launches, step.replay):
+    s = rt.event(); f(); e = rt.event()
+    key = "copy" if isinstance(prog, tuple) else R.descriptions.get(id(prog), getattr(prog, "name", "?"))
+    n, t = by.get(key, (0, 0.0))
+    by[key] = (n + 1, t + rt.elapsed_ms(s, e))
+  total = sum(t for _, t in by.values())
+  print(f"profile: {total:.1f} ms in {len(step.launches)} launches; the largest:")
+  for key, (n, t) in sorted(by.items(), key=lambda kv: -kv[1][1])[:top]: print(f"{t:9.2f} ms {t / total:6.1%} x{n:<4d} {key}")
 
 
 def run_torch(a, path):
@@ -97,6 +114,7 @@ def main():
   for name, default in (("dim", 2048), ("layers", 16), ("heads", 16), ("kv-heads", 8), ("ffn", 8192), ("vocab", 128256), ("batch", 8),
                         ("seq", 2048), ("dp", 1), ("tp", 1), ("iters", 5)):
     p.add_argument(f"--{name}", type=int, default=default)
+  p.add_argument("--profile", action="store_true", help="time each kernel of one replay (run with TRAINER_CUDA_GRAPHS=0)")
   p.add_argument("--backend", default="CUDA", help="CUDA, or CPU to try the script on a small shape")
   p.add_argument("--torch", help="path of torch_reference.py (the yardstick); omitted: ours only")
   a = p.parse_args()

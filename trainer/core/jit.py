@@ -7,7 +7,8 @@ intermediate) gets a place in a per-device arena, shared with other intermediate
 not overlap, so a replayed step needs little more memory than its largest live set. Each tensor
 argument is copied into a private buffer at the start of a replay. On CUDA, each run of consecutive
 kernel launches on one device is captured once as a CUDA graph and replayed with one graph launch, so
-the Python cost of a step does not grow with its number of kernels.
+the Python cost of a step does not grow with its number of kernels (TRAINER_CUDA_GRAPHS=0 replays launch by
+launch instead, e.g. to time each kernel).
 
 Rules for a jitted function: its tensor arguments keep their shapes, dtypes and devices from call to
 call and are only read; state it changes (weights, optimizer moments) is updated with `assign`, so the
@@ -16,7 +17,7 @@ it returns tensors (or a tuple/list/dict of them) whose buffers are reused by th
 result out (`.numpy()`) before calling again if you need to keep it.
 """
 from __future__ import annotations
-import functools, weakref
+import functools, os, weakref
 from .tensor import Tensor, pending_assigns
 from .device import Buffer
 from .dtypes import dtypes
@@ -78,6 +79,7 @@ class JitFunction:
     self.buffers = list(keep.values()) + blocks
     self.arena_bytes = sum(b.nbytes for b in blocks)                                      # what replays need
     self.intermediate_bytes = sum(rec.meta[u][1] for u in rec.refs if u not in keep)   # without the plan
+    self.launches = [prog for prog, _ in calls]   # what each replayed launch runs (profiling)
     self.replay = _batch(calls)
 
 
@@ -120,12 +122,13 @@ def _batch(calls) -> list:
   """Zero-argument replay calls: device copies as they are; each run of kernel launches on one CUDA device
   as one captured graph; on other runtimes one bound call per launch."""
   out, run = [], []
+  graphs = os.environ.get("TRAINER_CUDA_GRAPHS", "1") != "0"
   def flush():
     if len(run) > 1: out.append(run[0][0].rt.graph([p.bind(*[b.handle for b in bufs]) for p, bufs in run]))
     elif run: out.append(run[0][0].bind(*[b.handle for b in run[0][1]]))
     run.clear()
   for prog, bufs in calls:
-    graphable = hasattr(getattr(prog, "rt", None), "graph")
+    graphable = graphs and hasattr(getattr(prog, "rt", None), "graph")
     if run and (not graphable or run[0][0].rt is not prog.rt): flush()
     if isinstance(prog, tuple):   # ("copy", bytes): an arena block may be larger than the copy
       dst, src = bufs

@@ -11,6 +11,16 @@ capturing = None     # set by the JIT: its append() receives (program, [buffers]
 stats = {"kernels": 0, "compiled": 0}
 
 
+descriptions: dict = {}   # id(program) -> what it computes, for profiles
+
+
+def describe(k: Kernel | CustomItem) -> str:
+  if isinstance(k, CustomItem): return f"custom {k.output.arg!r}"
+  kind = "reduce" if k.reduce is not None else "elementwise"
+  if kind == "reduce" and k.reduce.srcs[0].kind is Op.MUL and len(k.inputs) == 2: kind = "product"
+  return f"{kind} {k.shape} {'+'.join(b.dtype.name for b in k.inputs)} -> {k.output.dtype.name}"
+
+
 def kernel_key(k: Kernel | CustomItem):
   if isinstance(k, CustomItem): return (get_runtime(k.output.device), k.output.arg)
   return (get_runtime(k.output.device), k.ast.key(), k.shape, tuple(b.dtype for b in k.inputs), k.output.dtype)
@@ -22,6 +32,7 @@ def get_program(k: Kernel | CustomItem):
   if p is None:
     rt, name = key[0], f"k{len(_programs)}"
     p = _programs[key] = rt.compile_custom(k.output.arg, name, k.output, k.inputs) if isinstance(k, CustomItem) else rt.compile(k, name)
+    descriptions[id(p)] = describe(k)
     stats["compiled"] += 1
   return p
 
