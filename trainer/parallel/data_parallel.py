@@ -1,8 +1,8 @@
 """Data parallelism: one model replica per device of the dp group, each fed its slice of the batch.
 
-After the replicas' backward passes, their gradients are flattened into one bucket per replica and
-averaged with a single ring all-reduce, so every replica applies the same update and the replicas
-stay identical. With ZeRO-1 the bucket is reduce-scattered instead: replica r keeps the fp32 master
+After the replicas' backward passes, each gradient is averaged over the replicas with a ring
+all-reduce, so every replica applies the same update and the replicas stay identical. With ZeRO-1 the
+gradients are flattened into one bucket per replica and reduce-scattered instead: replica r keeps the fp32 master
 weights and optimizer state of only its 1/dp slice of the flattened parameters, updates that slice,
 and an all-gather brings the new weights back to every replica.
 With tensor parallelism each replica is sharded over its tp group: the replicas' devices of each tp
@@ -57,7 +57,10 @@ class DataParallel:
         for m in self.models: sync_replicated_grads(m)
       if not self.zero1:
         for rank in self.ranks:
-          for ps, g in zip(rank, all_reduce([self._flatten(ps, self._grad) for ps in rank], "mean")): self._scatter_grads(ps, g)
+          if len(rank) == 1: continue
+          for i in range(len(rank[0])):    # one all-reduce per parameter: no flattening pass over all gradients
+            for ps, g in zip(rank, all_reduce([self._grad(ps[i]) for ps in rank], "mean")):
+              ps[i].grad = g.cast(ps[i].dtype if ps[i].dtype.is_float else dtypes.float32)
         if self.clip_norm:
           for d in range(len(self.models)): self._clip([rank[d] for rank in self.ranks])
         for opt in self.opts:
@@ -91,12 +94,6 @@ class DataParallel:
     for ps in groups:
       c = coef.to(ps[0].device)
       for p in ps: p.grad = (p.grad.float() * c).cast(p.grad.dtype)
-
-  def _scatter_grads(self, ps, flat):
-    off = 0
-    for p in ps:
-      n = p.numel()
-      p.grad = flat[off:off + n].reshape(p.shape).cast(p.dtype if p.dtype.is_float else dtypes.float32); off += n
 
   def state_dict(self) -> dict:
     if not self.zero1:
