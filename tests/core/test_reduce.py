@@ -141,3 +141,15 @@ def test_large_reduction():
 def test_reduce_errors():
   t = Tensor(np.ones((2, 3), np.float32))
   with pytest.raises(IndexError, match="axis 2"): t.sum(2)
+
+
+@pytest.mark.parametrize("shape,axis", [((8192, 300), 0), ((3, 4096, 100), 1), ((1 << 20,), None), ((4, 1024, 256), (0, 1))])
+def test_large_reductions_into_few_outputs_split_in_two(shape, axis):
+  """A big reduction into few outputs runs as partial reductions then a final one (two or three kernels)."""
+  from trainer.core.schedule import create_schedule
+  x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+  t = Tensor(x)
+  for name, ref in (("sum", x.astype(np.float64).sum(axis=axis)), ("max", x.max(axis=axis))):
+    out = getattr(t, name)(axis=axis)
+    assert 2 <= len(create_schedule([out.lazydata])) <= 3
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5 * np.sqrt(x.size))

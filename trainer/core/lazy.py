@@ -55,7 +55,22 @@ class LazyBuffer:
     axes = tuple(sorted(a for a in axes if self.shape[a] != 1))
     if not axes: return self
     shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
-    return LazyBuffer(self.device, self.dtype, shape, Op.REDUCE, (self,), (op, axes))
+    split = self._split_reduce(op, axes, shape)
+    return split if split is not None else LazyBuffer(self.device, self.dtype, shape, Op.REDUCE, (self,), (op, axes))
+
+  def _split_reduce(self, op: Op, axes: tuple, shape: tuple) -> LazyBuffer | None:
+    """A large reduction into few outputs (a column sum, a whole-tensor sum) as two: the longest reduced
+    axis is cut into f parts that first reduce separately (f times more outputs to work on in parallel),
+    then the f partial results are reduced. Same result up to the order of additions."""
+    red = math.prod(self.shape[a] for a in axes)
+    out = self.size // red
+    if red < 4096 or out >= 16384 or out * red < (1 << 20): return None
+    a = max(axes, key=lambda i: self.shape[i])
+    f = next((f for f in (256, 128, 64, 32, 16) if self.shape[a] % f == 0 and self.shape[a] // f >= 16), None)
+    if f is None: return None
+    x = self.reshape(self.shape[:a] + (f, self.shape[a] // f) + self.shape[a + 1:])
+    part = x.reduce(op, tuple(a + 1 if i == a else i + (i > a) for i in axes))
+    return part.reduce(op, (a,)).reshape(shape)
 
   def contiguous(self) -> LazyBuffer:
     if self.op is not Op.VIEW and self.op is not Op.CONST: return self

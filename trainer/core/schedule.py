@@ -24,7 +24,7 @@ from .view import View
 from .dtypes import dtypes
 
 sys.setrecursionlimit(20000)
-SHARED_LEAVES = 3   # an elementwise node read by several kernels is computed once when it reads more buffers than this
+SHARED_LEAVES = 8   # an elementwise node read by several kernels is computed once when it reads more buffers than this
 
 
 class UOp:
