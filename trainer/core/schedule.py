@@ -2,9 +2,8 @@
 
 A kernel computes one output buffer from an expression tree (a UOp AST) whose leaves are loads of
 realized buffers (each through a View in the kernel's loop space) and constants. The rules:
-  * Elementwise ops fuse: a node read at the same index by its consumer is inlined; one that several
-    kernels read is computed once (materialised) when it reads more than SHARED_LEAVES buffers, so
-    chains such as a gradient summed over many layers are not recomputed by every reader.
+  * Elementwise ops fuse: a node read at the same index by its consumer is inlined (also when several
+    kernels read it: recomputing costs reads, materialising costs memory that backward keeps alive).
   * A node read through another view (permute, pad, shrink, flip, expand) is still inlined when the
     view can be pushed down to its leaves (View.compose), and is selected to 0 outside a pad's mask; otherwise, and when an expanded node would
     be re-computed inside a reduction, it is materialised first.
@@ -24,7 +23,6 @@ from .view import View
 from .dtypes import dtypes
 
 sys.setrecursionlimit(20000)
-SHARED_LEAVES = 8   # an elementwise node read by several kernels is computed once when it reads more buffers than this
 
 
 class UOp:
@@ -98,7 +96,7 @@ def _is_contraction(r: LazyBuffer) -> bool:
 class _Builder:
   def __init__(self, targets):
     self.targets = {id(t) for t in targets}
-    self.items, self.done, self.consumers, self.leaf_memo = [], {}, {}, {}
+    self.items, self.done, self.consumers = [], {}, {}
     seen = set()
     stack = list(targets)
     while stack:
@@ -108,18 +106,6 @@ class _Builder:
       for s in n.srcs:
         self.consumers[id(s.base)] = self.consumers.get(id(s.base), 0) + 1
         stack.append(s)
-
-  def leaves(self, node: LazyBuffer) -> frozenset:
-    """The buffers an elementwise node reads when fused (up to realized or non-elementwise nodes)."""
-    got = self.leaf_memo.get(id(node))
-    if got is None:
-      got = frozenset()
-      for s in node.srcs:
-        b = s.base
-        if b.op is Op.CONST: continue
-        got |= self.leaves(b) if b.op in ALU and not b.realized and id(b) not in self.done else {id(b)}
-      self.leaf_memo[id(node)] = got
-    return got
 
   def schedule(self, node: LazyBuffer):
     """Make `node` (a base) a kernel output; schedule what it needs first."""
@@ -177,8 +163,6 @@ class _KernelBuilder:
     identity = view.contiguous and view.shape == base.shape
     if base.op in ALU:
       if not identity and in_reduce and any(st == 0 and s > 1 for s, st in zip(view.shape, view.strides)):
-        return self.materialised(base, view)
-      if self.s.consumers.get(id(base), 0) > 1 and len(self.s.leaves(base)) > SHARED_LEAVES:
         return self.materialised(base, view)
       return self.fuse(base, view, single, in_reduce) or self.materialised(base, view)
     unit_reshape = view.contiguous and [d for d in view.shape if d != 1] == [d for d in base.shape if d != 1]
