@@ -4,7 +4,7 @@ Some work the primitive ops cannot express at speed: fused attention (the scores
 memory), or reading rows by index (an embedding of 128K rows as a one-hot product costs a matmul).
 A CustomKernel is one such kernel: `out = f(*inputs)` over contiguous arrays of known shapes. It
 gives a numpy `reference` (the meaning, used on every device that has no rendering of its own, and in
-tests) and, per backend, a rendering (`render_cuda`). The scheduler treats the node as one item; the
+tests) and, per backend, a rendering (`render_c` for the CPU runtime, `render_cuda`). The scheduler treats the node as one item; the
 JIT records and replays it like any kernel. Gradients are ordinary autograd Functions whose forward and
 backward build CUSTOM nodes (see the kernels/ package).
 """
@@ -14,8 +14,8 @@ from .dtypes import from_storage, to_storage
 
 
 class CustomKernel:
-  """Subclasses set `name`, implement key() and reference(), and may implement render_cuda(fname, arch)
-  -> codegen.cuda.Rendered (a kernel taking (out, *inputs) device pointers)."""
+  """Subclasses set `name`, implement key() and reference(), and may implement render_c(fname) -> C source
+  and render_cuda(fname, arch) -> codegen.cuda.Rendered (kernels taking (out, *inputs) pointers)."""
   name = "custom"
 
   def key(self) -> tuple: raise NotImplementedError

@@ -7,7 +7,7 @@ As primitive ops this would be a one-hot matrix product (2 * N * V * D flops: at
 that is a matmul as large as the output layer); as kernels it is a copy. An index outside [0, V) reads
 a zero row and its gradient is dropped, on every device. On CUDA the gradient adds rows with float32
 atomics, so the order of the additions (and the last bits of a row hit by several tokens) can vary
-from run to run; the CPU adds in token order.
+from run to run; on the CPU (compiled C, or the numpy reference on the interpreter) they add in token order.
 """
 from __future__ import annotations
 import numpy as np
@@ -37,6 +37,20 @@ class GatherRows(CustomKernel):
     idx = idx.reshape(-1).astype(np.int64)
     ok = (idx >= 0) & (idx < self.v)
     return np.where(ok[:, None], table[np.where(ok, idx, 0)], 0).astype(table.dtype)
+
+  def render_c(self, fname: str) -> str:
+    from ..codegen.cpu import HEADER
+    row = self.d * self.dtype.itemsize
+    return HEADER + f"""#include <string.h>
+void {fname}(unsigned char* restrict out, const unsigned char* restrict table, const {STORAGE[self.idx_dtype]}* restrict idx) {{
+  #pragma omp parallel for
+  for (long long n = 0; n < {self.n}; n++) {{
+    const long long r = (long long)idx[n];
+    if (r >= 0 && r < {self.v}) memcpy(out + n * {row}LL, table + r * {row}LL, {row});
+    else memset(out + n * {row}LL, 0, {row});
+  }}
+}}
+"""
 
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
@@ -71,6 +85,28 @@ class ScatterAddRows(CustomKernel):
     out = np.zeros((self.v, self.d), np.float64)
     np.add.at(out, idx[ok], grad.reshape(-1, self.d)[ok].astype(np.float64))
     return out.astype(np.float32)
+
+  def render_c(self, fname: str) -> str:
+    """Rows added in token order (deterministic); threads split the feature columns."""
+    from ..codegen.cpu import HEADER
+    g = load_expr(self.dtype, "grad[n * " + str(self.d) + "LL + c]")
+    return HEADER + f"""#include <string.h>
+void {fname}(float* restrict out, const {STORAGE[self.dtype]}* restrict grad, const {STORAGE[self.idx_dtype]}* restrict idx) {{
+  memset(out, 0, {self.v * self.d * 4}LL);
+  #pragma omp parallel
+  {{
+    #pragma omp for schedule(static)
+    for (long long c0 = 0; c0 < {self.d}; c0 += 16) {{
+      const long long c1 = c0 + 16 < {self.d} ? c0 + 16 : {self.d};
+      for (long long n = 0; n < {self.n}; n++) {{
+        const long long r = (long long)idx[n];
+        if (r < 0 || r >= {self.v}) continue;
+        for (long long c = c0; c < c1; c++) out[r * {self.d}LL + c] += {g};
+      }}
+    }}
+  }}
+}}
+"""
 
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER

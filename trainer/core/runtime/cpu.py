@@ -66,6 +66,12 @@ class CPURuntime(Runtime):
     if isinstance(dst, np.ndarray): np.copyto(dst[:nbytes], src[:nbytes])
     else: dst_rt.copyin(dst, src[:nbytes])
 
+  def compile_custom(self, kernel, name: str, out, inputs):
+    if not hasattr(kernel, "render_c"): return super().compile_custom(kernel, name, out, inputs)
+    fn = getattr(compile_c(kernel.render_c(name)), name)
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p] * (1 + len(inputs))
+    return Program(fn, name)
+
   def compile(self, kernel, name: str):
     src = cpu_codegen.render(kernel, name)
     fn = getattr(compile_c(src), name)
