@@ -213,7 +213,24 @@ def create_schedule(targets: list[LazyBuffer]) -> list:
   bases = [t.base for t in targets if not t.realized]
   b = _Builder(bases)
   for t in bases: b.schedule(t)
-  return _order_assigns(b.items)
+  return _delay_copies(_order_assigns(b.items))
+
+
+def _delay_copies(items: list) -> list:
+  """Move each device copy down to just before its first reader (or a write to its source). A copy
+  orders the two devices' streams, so a copy issued early would make one device wait for work the other
+  queued meanwhile (e.g. one data-parallel replica waiting for the other's whole step)."""
+  out, pending = [], []
+  for it in items:
+    if pending:
+      reads = {id(i) for i in it.inputs}
+      writes = id(it.output.srcs[0].base) if isinstance(it, Kernel) and it.output.op is Op.ASSIGN else None
+      due = [c for c in pending if id(c.output) in reads or id(c.source) == writes]
+      for c in due: pending.remove(c)
+      out += due
+    if isinstance(it, CopyItem): pending.append(it)
+    else: out.append(it)
+  return out + pending
 
 
 def _order_assigns(items: list) -> list:

@@ -2,7 +2,7 @@
 loads, each broadcast over the other's axes) and renders a packed, register-blocked GEMM for it.
 
 Operands may have any strides and any float dtype: packing converts them to float32 panels (MR rows
-of A, NR columns of B), a 6x32 micro-kernel accumulates in registers, OpenMP splits the (M, N) tiles
+of A, NR columns of B), a 6x32 (AVX-512) or 6x16 (AVX2) micro-kernel accumulates in registers, OpenMP splits the (M, N) tiles
 or, for many small products, the batch.
 """
 from __future__ import annotations
@@ -49,11 +49,16 @@ def match(k: Kernel, nest: LoopNest) -> Gemm | None:
 
 TEMPLATE = r"""
 #define MR 6
-#define NR 32
+#ifdef __AVX512F__
+#define VL 16   /* floats per vector register: 6 x 32 tile in 12 zmm accumulators */
+#else
+#define VL 8    /* AVX2: 6 x 16 tile in 12 ymm accumulators (16 registers in all) */
+#endif
+#define NR (2*VL)
 #define KC 256
 #define MC 96
 #define NT 256
-typedef float vf __attribute__((vector_size(64), aligned(4)));
+typedef float vf __attribute__((vector_size(VL*4), aligned(4)));
 static inline long mn(long a, long b) { return a < b ? a : b; }
 
 static void pack_a(float* restrict ap, const TA* restrict a, long m0, long mlen, long k0, long kb) {
@@ -71,7 +76,7 @@ static inline void micro(long kb, const float* restrict ap, const float* restric
   vf c0[MR], c1[MR];
   for (int i = 0; i < MR; i++) { c0[i] = (vf){0}; c1[i] = (vf){0}; }
   for (long k = 0; k < kb; k++) {
-    vf b0 = *(const vf*)(bp + k*NR), b1 = *(const vf*)(bp + k*NR + 16);
+    vf b0 = *(const vf*)(bp + k*NR), b1 = *(const vf*)(bp + k*NR + VL);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) { float av = ap[k*MR + i]; c0[i] += av * b0; c1[i] += av * b1; }
   }
@@ -82,7 +87,7 @@ static inline void micro(long kb, const float* restrict ap, const float* restric
     }
   } else {
     float t[MR*NR] __attribute__((aligned(64)));
-    for (int i = 0; i < MR; i++) { *(vf*)(t + i*NR) = c0[i]; *(vf*)(t + i*NR + 16) = c1[i]; }
+    for (int i = 0; i < MR; i++) { *(vf*)(t + i*NR) = c0[i]; *(vf*)(t + i*NR + VL) = c1[i]; }
     for (long i = 0; i < mr; i++) for (long j = 0; j < nr; j++) c[i*ldc + j] = first ? t[i*NR + j] : c[i*ldc + j] + t[i*NR + j];
   }
 }
