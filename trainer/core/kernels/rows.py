@@ -25,13 +25,16 @@ def _copy_word(row_bytes: int) -> tuple[str, int]:
   return "unsigned char", 1
 
 
-class GatherRows(CustomKernel):
-  name = "gather_rows"
-
+class _RowsKernel(CustomKernel):
+  """n rows of d elements (dtype) moved between a table of v rows and n tokens named by idx (idx_dtype)."""
   def __init__(self, n: int, v: int, d: int, dtype: DType, idx_dtype: DType):
     self.n, self.v, self.d, self.dtype, self.idx_dtype = n, v, d, dtype, idx_dtype
 
   def key(self): return (self.n, self.v, self.d, self.dtype.name, self.idx_dtype.name)
+
+
+class GatherRows(_RowsKernel):
+  name = "gather_rows"
 
   def reference(self, table, idx):
     idx = idx.reshape(-1).astype(np.int64)
@@ -71,13 +74,8 @@ extern "C" __global__ void __launch_bounds__(256) {fname}({word}* __restrict__ o
     return Rendered(src, ((self.n + 7) // 8, 1, 1), (32, 8, 1))
 
 
-class ScatterAddRows(CustomKernel):
+class ScatterAddRows(_RowsKernel):
   name = "scatter_add_rows"
-
-  def __init__(self, n: int, v: int, d: int, dtype: DType, idx_dtype: DType):
-    self.n, self.v, self.d, self.dtype, self.idx_dtype = n, v, d, dtype, idx_dtype
-
-  def key(self): return (self.n, self.v, self.d, self.dtype.name, self.idx_dtype.name)
 
   def reference(self, grad, idx):
     idx = idx.reshape(-1).astype(np.int64)
