@@ -125,14 +125,14 @@ def test_init_weights_from_hugging_face_layout(tmp_path):
 
 
 def test_tensor_parallel_mesh_with_resume_matches_one_device(tmp_path):
-  """launch.py on a 2x2 mesh (tensor parallel inside each replica): 2 steps, then --resume auto to 4;
+  """launch.py on a 1x2 mesh (the model sharded over two devices): 2 steps, then --resume auto to 4;
   the losses are those of one device within float32 rounding (the checkpoint gathers the shards)."""
   common = [os.path.join(ROOT, "recipes/llama_tiny.yaml"), "--set", "model.n_layers=1", "--set", "model.dim=64", "--set", "model.ffn_dim=128",
             "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=4", "--no-progress", "--print-losses"]
   losses = lambda r: [float(l.split()[-1]) for l in r.stdout.splitlines() if l.startswith("step ")]
   one = run(common + ["--set", "train.micro_batch_size=8", "--max-steps", "4", "--set", f"checkpoint.dir={tmp_path}/a", "--results", str(tmp_path / "ra")], tmp_path)
   assert one.returncode == 0, one.stderr[-3000:]
-  mesh = common + ["--set", "mesh.dp=2", "--set", "mesh.tp=2", "--set", "checkpoint.every_steps=2", "--set", f"checkpoint.dir={tmp_path}/b", "--results", str(tmp_path / "rb")]
+  mesh = common + ["--set", "train.micro_batch_size=8", "--set", "mesh.tp=2", "--set", "checkpoint.every_steps=2", "--set", f"checkpoint.dir={tmp_path}/b", "--results", str(tmp_path / "rb")]
   first = run(mesh + ["--max-steps", "2"], tmp_path)
   assert first.returncode == 0, first.stderr[-3000:]
   second = run(mesh + ["--max-steps", "4", "--resume", "auto"], tmp_path)
