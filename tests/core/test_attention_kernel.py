@@ -1,6 +1,6 @@
 """Fused attention kernels (trainer/core/kernels/attention.py): on the CPU their numpy references through
 the autograd Function against the composed scaled_dot_product_attention and finite differences; their
-CUDA C compiled for sm_90; on a GPU the kernels against the CPU's composed path."""
+CUDA C compiled for sm_90a (wgmma) and sm_80 (mma.sync); on a GPU the kernels against the CPU's composed path."""
 import os
 import numpy as np
 import pytest
@@ -82,11 +82,12 @@ needs_compiler = pytest.mark.skipif(rc.compiler_version() is None, reason="no CU
 
 
 @needs_compiler
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])     # the wgmma kernels (built for sm_90a) and the mma.sync ones
 @pytest.mark.parametrize("cls", [AttentionForward, AttentionDelta, AttentionBackward])
 @pytest.mark.parametrize("d,dtype,causal", [(128, dtypes.bfloat16, True), (64, dtypes.bfloat16, False), (128, dtypes.float16, False)])
-def test_kernels_compile_for_sm90(cls, d, dtype, causal):
-  r = cls(2, 8, 2, 1000, 777, d, causal, 0.125, dtype).render_cuda("k0", "sm_90")
-  assert rc.compile_cuda(r.src, r.arch or "sm_90")[:4] == b"\x7fELF"
+def test_kernels_compile(cls, d, dtype, causal, arch):
+  r = cls(2, 8, 2, 1000, 777, d, causal, 0.125, dtype).render_cuda("k0", arch)
+  assert rc.compile_cuda(r.src, r.arch or arch)[:4] == b"\x7fELF"
 
 
 DEV = os.environ.get("TRAINER_TEST_GPU_DEVICE", "CUDA:0")

@@ -15,8 +15,11 @@ fp32 accumulators; the numpy references take float32 too, so CPU tests can run t
   AttentionBackward(q, k, v, dO, packed, delta) -> float32 flat [dQ (B,H,T,D) | dK (B,Hkv,S,D) | dV (B,Hkv,S,D)]:
       one block of 8 warps per 128 keys of a k/v head loops over the query heads of its group and their query tiles,
       recomputes P from the saved log-sum-exp and accumulates dK and dV in registers (no atomics);
-      dQ is added into the zeroed first part of the output with float32 vector atomics, so its last
+      dQ is added into the zeroed first part of the output with float32 atomics, so its last
       bits can vary from run to run (dK and dV do not).
+
+On sm_90 devices (H100, H200) the forward and the D = 128 backward are the wgmma kernels of attention_sm90
+(the same inputs and outputs, built for sm_90a); the mma.sync kernels above serve every other device.
 
 A row with no visible key (causal with T > S) gives a zero output and zero gradients (the composed
 path gives NaN). Memory beyond the inputs is O(B*H*T*D): the packed output, delta and the gradients.
@@ -30,6 +33,7 @@ from ..custom import CustomKernel
 from ..dtypes import DType, dtypes, f32_to_bf16, bf16_to_f32
 from ..function import Function
 from ..lazy import LazyBuffer
+from . import attention_sm90 as sm90
 
 PAD = 8          # extra words per row of the packed forward output (the log-sum-exp and zeros)
 LOG2E = 1.4426950408889634
@@ -44,6 +48,11 @@ def _round(x: np.ndarray, dtype: DType) -> np.ndarray:
 def _scores(q, k, h_of_kv, scale):
   """scale * q k^T for every query head: (B, H, T, S)."""
   return np.einsum("bhtd,bhsd->bhts", q, k[:, h_of_kv]) * scale
+
+
+def _hopper(arch: str) -> bool:
+  """Whether the device takes the wgmma kernels (attention_sm90)."""
+  return arch in ("sm_90", "sm_90a")
 
 
 def _visible(T, S, causal):
@@ -64,12 +73,13 @@ class _Attention(CustomKernel):
     kv = (self.b, self.hkv, self.s, self.d)
     return q.reshape(self.b, self.h, self.t, self.d).astype(np.float64), k.reshape(kv).astype(np.float64), v.reshape(kv).astype(np.float64)
 
+  def _mma_t(self) -> str: return "bf16" if self.dtype is dtypes.bfloat16 else "f16"
+
   def _defines(self) -> str:
     if self.dtype not in (dtypes.bfloat16, dtypes.float16) or self.d not in (64, 128):
       raise NotImplementedError(f"{self.name}: CUDA kernels take bfloat16/float16 with D 64 or 128, got {self.dtype.name} D={self.d}")
-    mma_t = "bf16" if self.dtype is dtypes.bfloat16 else "f16"
     defs = {"BATCH": self.b, "H": self.h, "HKV": self.hkv, "T": self.t, "S": self.s, "D": self.d, "DP": self.d + 8, "DW": self.d + PAD,
-            "CAUSAL": int(self.causal), "SCALE": f"{self.scale!r}f", "SCALE_LOG2": f"{self.scale * LOG2E!r}f", "MMA_T": mma_t,
+            "CAUSAL": int(self.causal), "SCALE": f"{self.scale!r}f", "SCALE_LOG2": f"{self.scale * LOG2E!r}f", "MMA_T": self._mma_t(),
             "IS_BF16": int(self.dtype is dtypes.bfloat16)}
     return "".join(f"#define {k} {v}\n" for k, v in defs.items())
 
@@ -100,9 +110,15 @@ class AttentionForward(_Attention):
 
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
+    grid = ((self.t + self.BM - 1) // self.BM, self.b * self.h, 1)
+    if _hopper(arch):
+      bn = sm90.BN_FWD
+      src = (HEADER + self._defines() + f"#define BM {self.BM}\n#define BN {bn}\n" + COMMON + sm90.COMMON90
+             + sm90.helpers(self._mma_t(), self.d, bn) + sm90.FORWARD90.replace("@NAME@", fname))
+      return Rendered(src, grid, (256, 1, 1), 1023 + (self.BM + 4 * bn) * self.d * 2, "sm_90a")
     src = HEADER + self._defines() + f"#define BM {self.BM}\n#define BN {self.BN}\n" + COMMON + FORWARD.replace("@NAME@", fname)
     smem = (self.BM + 4 * self.BN) * (self.d + 8) * 2
-    return Rendered(src, ((self.t + self.BM - 1) // self.BM, self.b * self.h, 1), (256, 1, 1), smem)
+    return Rendered(src, grid, (256, 1, 1), smem)
 
 
 class AttentionBackward(_Attention):
@@ -133,11 +149,18 @@ class AttentionBackward(_Attention):
 
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
+    nq, _ = self.sizes()
+    grid = ((self.s + self.BN - 1) // self.BN, self.b * self.hkv, 1)
+    if _hopper(arch) and self.d == 128:
+      bm, bn = sm90.BM_BWD, self.BN
+      src = (HEADER + self._defines() + f"#define BM {bm}\n#define BN {bn}\n" + COMMON + sm90.COMMON90
+             + sm90.helpers(self._mma_t(), self.d, sm90.BN_FWD) + sm90.BACKWARD90.replace("@NAME@", fname))
+      smem = 1023 + (2 * bn + 4 * bm) * self.d * 2 + bn * bm * 2 + 2 * bm * PAD * 2 + 2 * bm * 4
+      return Rendered(src, grid, (256, 1, 1), smem, "sm_90a", zero_output=nq * 4)
     bm, bn, dp = self.BM, self.BN, self.d + 8
     src = HEADER + self._defines() + f"#define BM {bm}\n#define BN {bn}\n" + COMMON + BACKWARD.replace("@NAME@", fname)
     smem = 2 * bn * dp * 2 + 4 * bm * dp * 2 + bn * (bm + 8) * 2 + 2 * bm * PAD * 2 + 2 * bm * 4
-    nq, _ = self.sizes()
-    return Rendered(src, ((self.s + bn - 1) // bn, self.b * self.hkv, 1), (256, 1, 1), smem, zero_output=nq * 4)
+    return Rendered(src, grid, (256, 1, 1), smem, zero_output=nq * 4)
 
 
 class AttentionDelta(_Attention):
@@ -246,6 +269,14 @@ static __device__ __forceinline__ float from_word(unsigned short w) {
   return __uint_as_float(((unsigned)w) << 16);
 #else
   float f; asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(w)); return f;
+#endif
+}
+// p[0] += x, p[1] += y in device memory (one vector atomic from sm_90 on)
+static __device__ __forceinline__ void red_add2(float* p, float x, float y) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" :: "l"(p), "f"(x), "f"(y) : "memory");
+#else
+  atomicAdd(p, x); atomicAdd(p + 1, y);
 #endif
 }
 static __device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x)); return y; }
@@ -520,9 +551,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ o
         const int qi = m0 + wq * 16 + gr + hh * 8;
         if (qi >= T) continue;
         #pragma unroll
-        for (int jd = 0; jd < DQW / 8; jd++)
-          asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" :: "l"(dqp + (long long)qi * D + wd * DQW + jd * 8 + tq * 2),
-                       "f"(dq[jd][2 * hh] * SCALE), "f"(dq[jd][2 * hh + 1] * SCALE) : "memory");
+        for (int jd = 0; jd < DQW / 8; jd++) red_add2(dqp + (long long)qi * D + wd * DQW + jd * 8 + tq * 2, dq[jd][2 * hh] * SCALE, dq[jd][2 * hh + 1] * SCALE);
       }
     }
   }

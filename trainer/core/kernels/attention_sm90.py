@@ -1,0 +1,316 @@
+"""Hopper (sm_90a) versions of the fused attention forward and backward kernels (kernels/attention.py chooses
+them on sm_90 devices): the products run on wgmma, asynchronous warpgroup matrix instructions reading tiles
+from shared memory, with fp32 accumulators in registers.
+
+Tiles are stored as the 128-byte swizzle lays them out: D/64 panels of `rows` x 64 elements, each row 128
+bytes whose 16-byte chunks are permuted by the row's index mod 8. cp.async copies place the chunks (no
+tensor maps, which custom kernels do not get). The same tile serves as a K-major operand (contracting over D)
+and as an MN-major one (contracting over its rows), as wgmma's descriptors can describe both.
+
+  forward: one block of two warpgroups per 128 query rows (64 each); K and V tiles of 128 keys in two
+    stages; S = Q K^T from shared memory, the online softmax in registers, and O += P V with P taken straight
+    from the registers (wgmma's register-A form: the accumulator layout of S is the A fragment layout).
+  backward: one block of two warpgroups per 128 keys (64 each), looping over 64-row query tiles of every head
+    of the group (two stages): S^T = K Q^T and dP^T = V dO^T, then dV += P^T dO and dK += dS^T Q with P^T and
+    dS^T from registers; dS^T goes to shared memory for dQ = dS K (warpgroup w takes D columns
+    [64w, 64w + 64)), added into the output with float32 vector atomics.
+Both read and write the same buffers as the mma.sync kernels.
+"""
+from __future__ import annotations
+
+BN_FWD = 128   # keys per forward tile
+BM_BWD = 64    # query rows per backward tile
+
+
+def _wgmma(name: str, n: int, mma_t: str, a_reg: bool, ta: int, tb: int) -> str:
+  """`name(d, a, db, acc)`: wgmma.m64n{n}k16 with fp32 accumulators d[n/2] (+)= A B; A four registers
+  (a_reg) or a descriptor, B a descriptor; ta / tb: whether A / B are MN-major; acc 0 overwrites d."""
+  regs = ", ".join(f"%{i}" for i in range(n // 2))
+  outs = ", ".join(f'"+f"(d[{i}])' for i in range(n // 2))
+  k = n // 2
+  if a_reg:
+    a_arg, a_ops, a_in, trans = "const unsigned (&a)[4]", f"{{%{k}, %{k + 1}, %{k + 2}, %{k + 3}}}", '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3])', f"{tb}"
+    b_op, acc_op = f"%{k + 4}", f"%{k + 5}"
+  else:
+    a_arg, a_ops, a_in, trans = "unsigned long long a", f"%{k}", '"l"(a)', f"{ta}, {tb}"
+    b_op, acc_op = f"%{k + 1}", f"%{k + 2}"
+  return (f"static __device__ __forceinline__ void {name}(float (&d)[{k}], {a_arg}, unsigned long long b, int acc) {{\n"
+          f'  asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, {acc_op}, 0;\\n"\n'
+          f'    "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{mma_t}.{mma_t} {{{regs}}}, {a_ops}, {b_op}, p, 1, 1, {trans};\\n}}"\n'
+          f'    : {outs}\n    : {a_in}, "l"(b), "r"(acc));\n}}\n')
+
+
+def helpers(mma_t: str, d: int, bn_fwd: int) -> str:
+  """The wgmma forms the two kernels use, for element type `mma_t` ('bf16' / 'f16') and head dim d."""
+  return (_wgmma("wg_qk", bn_fwd, mma_t, False, 0, 0) + _wgmma("wg_pv", d, mma_t, True, 0, 1)
+          + _wgmma("wg_st", 64, mma_t, False, 0, 0) + _wgmma("wg_acc", d, mma_t, True, 0, 1)
+          + _wgmma("wg_dq", 64, mma_t, False, 1, 1))
+
+
+COMMON90 = r"""
+#define WG_FENCE() asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory")
+#define WG_COMMIT() asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory")
+#define WG_WAIT0() asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory")
+#define PROXY_FENCE() asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory")
+// byte offset of element (r, c) of a 128-byte-swizzled tile of ROWS rows
+#define SWZ(r, c, ROWS) ((((c) >> 6) * (ROWS) + (r)) * 128 + (((((c) >> 3) & 7) ^ ((r) & 7)) << 4) + ((c) & 7) * 2)
+// a shared-memory matrix descriptor with the 128-byte swizzle
+static __device__ __forceinline__ unsigned long long sdesc(unsigned addr, unsigned lbo, unsigned sbo) {
+  return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+// K-major operand: k-step ks (16 elements of D) of the rows starting at row0 of a tile of ROWS rows
+#define KDESC(base, ROWS, row0, ks) sdesc((base) + ((ks) >> 2) * (ROWS) * 128 + (row0) * 128 + ((ks) & 3) * 32, 16, 1024)
+// MN-major operand: k-step kk (16 rows) of a tile of ROWS rows, starting at D column 64 * panel
+#define MDESC(base, ROWS, panel, kk) sdesc((base) + (panel) * (ROWS) * 128 + (kk) * 2048, (ROWS) * 128, 1024)
+// rows [row0, row0 + ROWS) of a (limit, D) array into a swizzled tile; rows past limit read as zero
+template <int ROWS> static __device__ __forceinline__ void load_tile(unsigned sm, const unsigned short* g, int row0, int limit) {
+  #pragma unroll
+  for (int c = threadIdx.x; c < ROWS * (D / 8); c += NT) {
+    const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+    const bool ok = row0 + r < limit;
+    cp_async16(sm + SWZ(r, col, ROWS), ok ? g + (long long)(row0 + r) * D + col : g, ok ? 16 : 0);
+  }
+}
+"""
+
+FORWARD90 = r"""
+extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(unsigned short* __restrict__ out, const unsigned short* __restrict__ q,
+                                                           const unsigned short* __restrict__ k, const unsigned short* __restrict__ v) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const unsigned sQ = (sm_addr(smem_raw) + 1023) & ~1023u, sK = sQ + BM * D * 2, sV = sK + 2 * BN * D * 2;
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
+  const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / (H / HKV);
+  const int m0 = (gridDim.x - 1 - blockIdx.x) * BM;   // the longest causal rows first
+  const int r0 = wg * 64 + warp * 16;                 // this warp's first row in the tile
+  const unsigned short* qp = q + (long long)bh * T * D;
+  const unsigned short* kp = k + ((long long)b * HKV + hk) * S * D;
+  const unsigned short* vp = v + ((long long)b * HKV + hk) * S * D;
+  unsigned short* op = out + (long long)bh * T * DW;
+  int nblocks = (S + BN - 1) / BN;
+  if (CAUSAL) { const int last = m0 + BM - 1 + S - T; nblocks = min(nblocks, last < 0 ? 0 : last / BN + 1); }
+  load_tile<BM>(sQ, qp, m0, T);
+  if (nblocks > 0) { load_tile<BN>(sK, kp, 0, S); load_tile<BN>(sV, vp, 0, S); }
+  cp_commit();
+  float o[D / 2], mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  #pragma unroll
+  for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+  for (int n = 0; n < nblocks; n++) {
+    cp_wait<0>();
+    PROXY_FENCE();
+    __syncthreads();
+    if (n + 1 < nblocks) {   // the other stage was last read in iteration n - 1, which every thread has finished
+      const unsigned st = ((n + 1) & 1) * BN * D * 2;
+      load_tile<BN>(sK + st, kp, (n + 1) * BN, S);
+      load_tile<BN>(sV + st, vp, (n + 1) * BN, S);
+    }
+    cp_commit();
+    const unsigned Kc = sK + (n & 1) * BN * D * 2, Vc = sV + (n & 1) * BN * D * 2;
+    float s[BN / 2];
+    WG_FENCE();
+    #pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) wg_qk(s, KDESC(sQ, BM, wg * 64, ks), KDESC(Kc, BN, 0, ks), ks);
+    WG_COMMIT();
+    WG_WAIT0();
+    const int n0 = n * BN;
+    if (n0 + BN > S || (CAUSAL && n0 + BN - 1 > m0 + wg * 64 + S - T)) {
+      #pragma unroll
+      for (int j = 0; j < BN / 8; j++)
+        #pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int key = n0 + j * 8 + tq * 2 + (e & 1), row = m0 + r0 + gr + (e >> 1) * 8;
+          if (key >= S || (CAUSAL && key > row + S - T)) s[4 * j + e] = -INFINITY;
+        }
+    }
+    #pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+      float rm = -INFINITY;
+      #pragma unroll
+      for (int j = 0; j < BN / 8; j++) rm = fmaxf(rm, fmaxf(s[4 * j + 2 * hh], s[4 * j + 2 * hh + 1]));
+      rm = fmaxf(rm, __shfl_xor_sync(0xffffffffu, rm, 1));
+      rm = fmaxf(rm, __shfl_xor_sync(0xffffffffu, rm, 2));
+      const float mnew = fmaxf(mx[hh], rm * SCALE_LOG2);
+      const float base = mnew == -INFINITY ? 0.f : mnew;
+      const float alpha = ex2(mx[hh] - base);
+      mx[hh] = mnew;
+      l[hh] *= alpha;
+      #pragma unroll
+      for (int j = 0; j < D / 8; j++) { o[4 * j + 2 * hh] *= alpha; o[4 * j + 2 * hh + 1] *= alpha; }
+      #pragma unroll
+      for (int j = 0; j < BN / 8; j++) {
+        s[4 * j + 2 * hh] = ex2(fmaf(s[4 * j + 2 * hh], SCALE_LOG2, -base));
+        s[4 * j + 2 * hh + 1] = ex2(fmaf(s[4 * j + 2 * hh + 1], SCALE_LOG2, -base));
+        l[hh] += s[4 * j + 2 * hh] + s[4 * j + 2 * hh + 1];
+      }
+    }
+    unsigned p[BN / 16][4];
+    #pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+      p[kk][0] = pack2(s[8 * kk], s[8 * kk + 1]); p[kk][1] = pack2(s[8 * kk + 2], s[8 * kk + 3]);
+      p[kk][2] = pack2(s[8 * kk + 4], s[8 * kk + 5]); p[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+    WG_FENCE();
+    #pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wg_pv(o, p[kk], MDESC(Vc, BN, 0, kk), 1);
+    WG_COMMIT();
+    WG_WAIT0();
+  }
+  cp_wait<0>();
+  #pragma unroll
+  for (int hh = 0; hh < 2; hh++) {
+    float lt = l[hh];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const int row = m0 + r0 + gr + hh * 8;
+    if (row >= T) continue;
+    const float inv = lt > 0.f ? 1.f / lt : 0.f;
+    unsigned short* orow = op + (long long)row * DW;
+    #pragma unroll
+    for (int j = 0; j < D / 8; j++) *(unsigned*)(orow + j * 8 + tq * 2) = pack2(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+    if (tq == 0) {
+      unsigned short w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (lt > 0.f) {
+        const float lse = (mx[hh] + __log2f(lt)) * LN2;
+        w[0] = to_word(lse);
+        const float r1 = lse - from_word(w[0]);
+        w[1] = to_word(r1);
+        w[2] = to_word(r1 - from_word(w[1]));
+      } else w[0] = to_word(INFINITY);
+      *(uint4*)(orow + D) = *(const uint4*)w;
+    }
+  }
+}
+"""
+
+BACKWARD90 = r"""
+extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ out, const unsigned short* __restrict__ q,
+    const unsigned short* __restrict__ k, const unsigned short* __restrict__ v, const unsigned short* __restrict__ dout,
+    const unsigned short* __restrict__ fwd, const float* __restrict__ delta) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const unsigned sK = (sm_addr(smem_raw) + 1023) & ~1023u, sV = sK + BN * D * 2;
+  const unsigned sQ = sV + BN * D * 2, sdO = sQ + 2 * BM * D * 2;   // 2 stages each
+  const unsigned sdS = sdO + 2 * BM * D * 2;                       // dS^T: BN rows of BM queries (BM = 64: one panel)
+  unsigned short* Lw = (unsigned short*)(smem_raw + (sdS + BN * BM * 2 - sm_addr(smem_raw)));   // 2 stages of BM x 8 words
+  float* Dl = (float*)(Lw + 2 * BM * 8);                                                        // 2 stages of BM deltas
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
+  const int bhk = blockIdx.y, b = bhk / HKV, hk = bhk % HKV;
+  const int n0 = blockIdx.x * BN, kr = wg * 64 + warp * 16;   // this warp's first key in the tile
+  const long long kvoff = (long long)bhk * S * D;
+  float* dq_all = out;
+  float* dk_out = out + (long long)BATCH * H * T * D + kvoff;
+  float* dv_out = out + (long long)BATCH * H * T * D + (long long)BATCH * HKV * S * D + kvoff;
+  const int mfirst = CAUSAL ? max(0, n0 - (S - T)) / BM : 0;
+  const int nm = (T + BM - 1) / BM;
+  const int per_head = nm - mfirst > 0 ? nm - mfirst : 0;
+  const int iters = (H / HKV) * per_head;
+  load_tile<BN>(sK, k + kvoff, n0, S);
+  load_tile<BN>(sV, v + kvoff, n0, S);
+  auto prefetch = [&](int it, int st) {
+    const int bh = b * H + hk * (H / HKV) + it / per_head, m0 = (mfirst + it % per_head) * BM;
+    load_tile<BM>(sQ + st * BM * D * 2, q + (long long)bh * T * D, m0, T);
+    load_tile<BM>(sdO + st * BM * D * 2, dout + (long long)bh * T * D, m0, T);
+    for (int r = threadIdx.x; r < BM; r += NT) {
+      const bool ok = m0 + r < T;
+      cp_async16(sm_addr(Lw + (st * BM + r) * 8), ok ? fwd + ((long long)bh * T + m0 + r) * DW + D : fwd + D, ok ? 16 : 0);
+      cp_async4(sm_addr(Dl + st * BM + r), ok ? delta + (long long)bh * T + m0 + r : delta, ok ? 4 : 0);
+    }
+  };
+  if (iters > 0) prefetch(0, 0);
+  cp_commit();
+  float dk[D / 2], dv[D / 2];
+  #pragma unroll
+  for (int i = 0; i < D / 2; i++) dk[i] = dv[i] = 0.f;
+  for (int it = 0; it < iters; it++) {
+    cp_wait<0>();
+    PROXY_FENCE();
+    __syncthreads();   // stage it landed; every thread is done with iteration it - 1 (its stage and dS^T)
+    if (it + 1 < iters) prefetch(it + 1, (it + 1) & 1);
+    cp_commit();
+    const int st = it & 1;
+    const int bh = b * H + hk * (H / HKV) + it / per_head, m0 = (mfirst + it % per_head) * BM;
+    const unsigned Qc = sQ + st * BM * D * 2, dOc = sdO + st * BM * D * 2;
+    // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys
+    float s[BM / 2], dp[BM / 2];
+    WG_FENCE();
+    #pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) wg_st(s, KDESC(sK, BN, wg * 64, ks), KDESC(Qc, BM, 0, ks), ks);
+    #pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) wg_st(dp, KDESC(sV, BN, wg * 64, ks), KDESC(dOc, BM, 0, ks), ks);
+    WG_COMMIT();
+    WG_WAIT0();
+    // P^T from the saved log-sum-exp, then dS^T = P^T (dP^T - delta)
+    const bool need_mask = n0 + BN > S || (CAUSAL && m0 + S - T < n0 + wg * 64 + 63);
+    #pragma unroll
+    for (int j = 0; j < BM / 8; j++)
+      #pragma unroll
+      for (int c = 0; c < 2; c++) {
+        const int qc = j * 8 + tq * 2 + c;
+        const unsigned short* w = Lw + (st * BM + qc) * 8;
+        const float lse2 = (from_word(w[0]) + from_word(w[1]) + from_word(w[2])) * 1.4426950408889634f;
+        const float dl = Dl[st * BM + qc];
+        #pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+          float p = ex2(fmaf(s[4 * j + 2 * hh + c], SCALE_LOG2, -lse2));
+          if (need_mask) {
+            const int key = n0 + kr + gr + hh * 8, qi = m0 + qc;
+            if (key >= S || (CAUSAL && key > qi + S - T)) p = 0.f;
+          }
+          s[4 * j + 2 * hh + c] = p;
+          dp[4 * j + 2 * hh + c] = p * (dp[4 * j + 2 * hh + c] - dl);
+        }
+      }
+    unsigned ap[BM / 16][4], as[BM / 16][4];
+    #pragma unroll
+    for (int kk = 0; kk < BM / 16; kk++)
+      #pragma unroll
+      for (int i = 0; i < 4; i++) {
+        ap[kk][i] = pack2(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+        as[kk][i] = pack2(dp[8 * kk + 2 * i], dp[8 * kk + 2 * i + 1]);
+      }
+    // dV += P^T dO, dK += dS^T Q (scaled at the end)
+    WG_FENCE();
+    #pragma unroll
+    for (int kk = 0; kk < BM / 16; kk++) {
+      wg_acc(dv, ap[kk], MDESC(dOc, BM, 0, kk), 1);
+      wg_acc(dk, as[kk], MDESC(Qc, BM, 0, kk), 1);
+    }
+    WG_COMMIT();
+    // dS^T to shared memory (registers i: rows +8 for odd i, columns +8 for i >= 2)
+    #pragma unroll
+    for (int kk = 0; kk < BM / 16; kk++)
+      #pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const int r = kr + gr + (i & 1) * 8, c = kk * 16 + (i >> 1) * 8 + tq * 2;
+        asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(sdS + SWZ(r, c, BN)), "r"(as[kk][i]) : "memory");
+      }
+    PROXY_FENCE();
+    __syncthreads();
+    // dQ[:, 64 wg : 64 wg + 64] = dS K (A: dS^T read M-major; B: K read MN-major)
+    float dq[32];
+    WG_FENCE();
+    #pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wg_dq(dq, sdesc(sdS + kk * 2048, BN * 128, 1024), MDESC(sK, BN, wg, kk), kk);
+    WG_COMMIT();
+    WG_WAIT0();
+    float* dqp = dq_all + (long long)bh * T * D;
+    #pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+      const int qi = m0 + warp * 16 + gr + hh * 8;
+      if (qi >= T) continue;
+      #pragma unroll
+      for (int j = 0; j < 8; j++)
+        red_add2(dqp + (long long)qi * D + wg * 64 + j * 8 + tq * 2, dq[4 * j + 2 * hh] * SCALE, dq[4 * j + 2 * hh + 1] * SCALE);
+    }
+  }
+  cp_wait<0>();
+  #pragma unroll
+  for (int hh = 0; hh < 2; hh++) {
+    const int key = n0 + kr + gr + hh * 8;
+    if (key >= S) continue;
+    #pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+      *(float2*)(dk_out + (long long)key * D + j * 8 + tq * 2) = make_float2(dk[4 * j + 2 * hh] * SCALE, dk[4 * j + 2 * hh + 1] * SCALE);
+      *(float2*)(dv_out + (long long)key * D + j * 8 + tq * 2) = make_float2(dv[4 * j + 2 * hh], dv[4 * j + 2 * hh + 1]);
+    }
+  }
+}
+"""
