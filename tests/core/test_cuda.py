@@ -74,6 +74,14 @@ def test_compiles_for_sm90(case):
     assert cubin[:4] == b"\x7fELF"
 
 
+@needs_compiler
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "int32", "int64", "int8", "uint8", "bool"])
+def test_collective_accumulate_compiles(dtype):
+  for op, scale in (("sum", None), ("sum", 0.25), ("max", None)):
+    r = cg.render_accumulate(getattr(dtypes, dtype), op, scale, "acc", 132)
+    assert rc.compile_cuda(r.src, "sm_90")[:4] == b"\x7fELF"
+
+
 def _matmul_render(x, y, arch="sm_90"):
   (k,) = _kernels(x @ y)
   return cg.render(k, "k", arch)

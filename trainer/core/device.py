@@ -25,6 +25,18 @@ class Runtime:
     from .custom import HostProgram
     return HostProgram(self, kernel, out, inputs)
   def synchronize(self): pass
+  # what the collectives (parallel/ring.py) build on: byte ranges of buffers, copies on a copy stream
+  # ordered by events, and an in-place reduction kernel. Host runtimes do all of it synchronously.
+  def view(self, handle, offset: int, nbytes: int): raise NotImplementedError   # a handle to bytes [offset, offset+nbytes)
+  def mark(self): return None                                    # an event after the work queued so far
+  def wait(self, events): pass                                   # later work waits for these events
+  def copy_async(self, src_rt: Runtime, dst, src, nbytes: int, after=()):
+    """Copy src (on src_rt) into dst (here) once the `after` events have happened; returns its event."""
+    src_rt.copy_peer(self, dst, src, nbytes)
+  def accumulate(self, dst, src, n: int, dtype: DType, op: str, scale: float | None = None):
+    """dst[i] = op(dst[i], src[i]) for n elements (op 'sum' or 'max'), times scale if given."""
+    raise NotImplementedError
+  def release(self, events): pass                                # events no later call will wait for
 
 
 _uids = itertools.count()

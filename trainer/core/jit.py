@@ -89,7 +89,9 @@ class _Recorder:
   def __init__(self): self.table, self.meta, self.refs = [], {}, {}
 
   def append(self, entry):
-    prog, bufs = (("copy", entry[1].nbytes), [entry[1], entry[2]]) if entry[0] == "copy" else entry
+    if entry[0] == "copy": prog, bufs = ("copy", entry[1].nbytes), [entry[1], entry[2]]
+    elif entry[0] == "collective": prog, bufs = ("collective", entry[1]), entry[2]
+    else: prog, bufs = entry
     for b in bufs:
       if b.uid not in self.refs: self.meta[b.uid], self.refs[b.uid] = (b.device, b.nbytes), weakref.ref(b)
     self.table.append((prog, [b.uid for b in bufs]))
@@ -119,7 +121,7 @@ def _assign_arena(table, meta, keep) -> dict:
 
 
 def _batch(calls) -> list:
-  """Zero-argument replay calls: device copies as they are; each run of kernel launches on one CUDA device
+  """Zero-argument replay calls: device copies and collectives as they are; each run of kernel launches on one CUDA device
   as one captured graph; on other runtimes one bound call per launch."""
   out, run = [], []
   graphs = os.environ.get("TRAINER_CUDA_GRAPHS", "1") != "0"
@@ -130,7 +132,9 @@ def _batch(calls) -> list:
   for prog, bufs in calls:
     graphable = graphs and hasattr(getattr(prog, "rt", None), "graph")
     if run and (not graphable or run[0][0].rt is not prog.rt): flush()
-    if isinstance(prog, tuple):   # ("copy", bytes): an arena block may be larger than the copy
+    if isinstance(prog, tuple) and prog[0] == "collective":   # inputs then outputs, one of each per device
+      out.append(functools.partial(prog[1].run, bufs[:len(bufs) // 2], bufs[len(bufs) // 2:]))
+    elif isinstance(prog, tuple):   # ("copy", bytes): an arena block may be larger than the copy
       dst, src = bufs
       out.append(functools.partial(src.runtime.copy_peer, dst.runtime, dst.handle, src.handle, prog[1]))
     elif graphable: run.append((prog, bufs))

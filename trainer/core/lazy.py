@@ -3,7 +3,7 @@ its shape) or a *view* of a base (movement ops only change the View). Nothing is
 scheduler (schedule.py) is asked to realize a node; then it gets a device Buffer and its op is done.
 """
 from __future__ import annotations
-import math
+import math, weakref
 import numpy as np
 from .ops import Op, ALU, COMPARE
 from .dtypes import DType, dtypes
@@ -91,6 +91,15 @@ class LazyBuffer:
     srcs = [s if s.view.contiguous else s.contiguous() for s in srcs]
     assert len({s.device for s in srcs}) == 1, "a custom kernel's sources must be on one device"
     return LazyBuffer(srcs[0].device, dtype, shape, Op.CUSTOM, srcs, kernel)
+
+  @staticmethod
+  def collective(plan, srcs, outputs) -> list[LazyBuffer]:
+    """The outputs ((device, dtype, shape) each) of a collective over the sources (one per device), made
+    together by one item of the schedule that runs plan.run(input buffers, output buffers)."""
+    srcs = [s if s.view.contiguous else s.contiguous() for s in srcs]
+    outs = [LazyBuffer(d, dt, shape, Op.COLLECTIVE, srcs, plan) for d, dt, shape in outputs]
+    plan.outputs = [weakref.ref(o) for o in outs]
+    return outs
 
   # ---- movement ----
   def _view(self, v: View) -> LazyBuffer:

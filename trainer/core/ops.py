@@ -33,6 +33,9 @@ Sources and sinks:
   ASSIGN      write the value of src[1] into the buffer of src[0] (in-place update)
   CUSTOM      a hand-written kernel over contiguous sources (arg: a custom.CustomKernel), for what
               the ops above cannot do fast: fused attention, gathers by index (see custom.py)
+  COLLECTIVE  one output of a collective over several devices (arg: its plan, e.g. parallel/ring.py's,
+              which names every output); srcs are the contiguous inputs, one per device, and all
+              outputs are made together
 """
 from enum import Enum, auto
 
@@ -50,7 +53,7 @@ class Op(Enum):
   # movement
   RESHAPE = auto(); PERMUTE = auto(); EXPAND = auto(); PAD = auto(); SHRINK = auto(); FLIP = auto()
   # sources / sinks
-  BUFFER = auto(); CONST = auto(); COPY = auto(); CONTIGUOUS = auto(); ASSIGN = auto(); CUSTOM = auto(); REDUCE = auto(); VIEW = auto()
+  BUFFER = auto(); CONST = auto(); COPY = auto(); CONTIGUOUS = auto(); ASSIGN = auto(); CUSTOM = auto(); COLLECTIVE = auto(); REDUCE = auto(); VIEW = auto()
 
 
 UNARY = {Op.NEG, Op.RECIP, Op.SQRT, Op.EXP2, Op.LOG2, Op.SIN, Op.CAST}

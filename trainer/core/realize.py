@@ -1,13 +1,14 @@
 """Run a schedule: allocate output buffers, compile each kernel once (cached by its structure), launch.
 While a JIT capture is active every launch is also recorded for replay (see jit.py)."""
 from __future__ import annotations
+import math
 from .device import Buffer, get_runtime
 from .ops import Op
-from .schedule import create_schedule, Kernel, CopyItem, CustomItem
+from .schedule import create_schedule, Kernel, CopyItem, CustomItem, CollectiveItem
 from .lazy import LazyBuffer
 
 _programs: dict = {}
-capturing = None     # set by the JIT: its append() receives (program, [buffers]) or ('copy', dst, src) per launch
+capturing = None     # set by the JIT: its append() receives (program, [buffers]), ('copy', dst, src) or ('collective', plan, [buffers])
 stats = {"kernels": 0, "compiled": 0}
 
 
@@ -43,6 +44,14 @@ def realize(*lbs: LazyBuffer):
 
 
 def run_item(item):
+  if isinstance(item, CollectiveItem):
+    outs = [Buffer(d, math.prod(shape), dt) for d, dt, shape in item.plan.out_specs()]
+    ins = [b.buffer for b in item.inputs]
+    item.plan.run(ins, outs)
+    if capturing is not None: capturing.append(("collective", item.plan, ins + outs))
+    for o, buf in zip(item.outputs, outs):
+      if o is not None: o.buffer, o.op, o.srcs, o.arg = buf, Op.BUFFER, (), None
+    return
   out = item.output
   if isinstance(item, CopyItem):
     buf = Buffer(out.device, out.size, out.dtype)

@@ -11,7 +11,8 @@ realized buffers (each through a View in the kernel's loop space) and constants.
     elementwise ops after it (an epilogue) when it has a single consumer on a single-use path.
     A sum of products of two broadcast operands (a contraction: matmul, conv) is never given an
     epilogue, so backends can run it as a hand-tuned matrix product.
-  * COPY and CUSTOM nodes are items of their own (a device copy, a hand-written kernel).
+  * COPY, CUSTOM and COLLECTIVE nodes are items of their own (a device copy, a hand-written kernel,
+    a collective that makes all its outputs, on several devices, at once).
   * Reduces, CONTIGUOUS, ASSIGN and everything the caller asked for are kernel outputs.
 """
 from __future__ import annotations
@@ -83,6 +84,16 @@ class CustomItem:
   inputs: list
 
 
+@dataclass
+class CollectiveItem:
+  """All outputs of one collective (plan: the nodes' arg); an output nobody holds any more is None."""
+  plan: object
+  outputs: list
+  inputs: list
+  @property
+  def output(self): return next(o for o in self.outputs if o is not None)
+
+
 def _is_contraction(r: LazyBuffer) -> bool:
   if r.arg[0] is not Op.SUM: return False
   src = r.srcs[0]
@@ -117,6 +128,12 @@ class _Builder:
     if node.op is Op.CUSTOM:
       for src in node.srcs: self.schedule(src.base)
       self.items.append(CustomItem(node, [src.base for src in node.srcs])); return
+    if node.op is Op.COLLECTIVE:
+      outs = [r() for r in node.arg.outputs]
+      for o in outs:
+        if o is not None: self.done[id(o)] = o
+      for src in node.srcs: self.schedule(src.base)
+      self.items.append(CollectiveItem(node.arg, outs, [src.base for src in node.srcs])); return
     k = _KernelBuilder(self, node)
     self.items.append(k.build())
 
@@ -236,7 +253,8 @@ def _delay_copies(items: list) -> list:
 def _order_assigns(items: list) -> list:
   writes, producer = {}, {}
   for i, it in enumerate(items):
-    producer[id(it.output)] = i
+    for o in (it.outputs if isinstance(it, CollectiveItem) else [it.output]):
+      if o is not None: producer[id(o)] = i
     if isinstance(it, Kernel) and it.output.op is Op.ASSIGN: writes[id(it.output.srcs[0].base)] = i
   if not writes: return items
   deps = {i: set() for i in range(len(items))}

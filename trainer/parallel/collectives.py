@@ -1,67 +1,92 @@
-"""Collectives over lists of per-device tensors, built from peer-to-peer copies and local reductions.
+"""Collectives over lists of per-device tensors: all-reduce (sum, mean, max), reduce-scatter, all-gather,
+broadcast. No NCCL, no MPI.
 
-The flattened tensor is cut into one chunk per device. Reduce-scatter moves each chunk around the
-ring, device by device, each adding its own part (chunk c finishes on device c after n-1 hops);
-all-gather moves each finished chunk on around the ring; all-reduce is the two in sequence. Every
-hop is a lazy COPY to the next device and an ALU op there, so the scheduler runs them as ordinary
-kernels and copies, autograd differentiates through them, and the JIT replays them. No NCCL, no MPI.
+Each collective is one node of the lazy graph (Op.COLLECTIVE, one output per device) that the scheduler
+runs as one item: ring.RingCollective, a ring of chunked, pipelined peer-to-peer copies and local adds
+(see ring.py). The JIT records and replays it like a kernel. Gradients: every output's gradient is
+copied back to every input's device (the transpose of the collective): an all-reduce's inputs get the
+sum of the output gradients, a reduce-scatter's the gathered ones, an all-gather's chunks the sum of
+their slices; max sends it to the inputs that hold the maximum.
 """
 from __future__ import annotations
-from ..core import Tensor, dtypes
+from ..core import Tensor
+from ..core.lazy import LazyBuffer
+from ..core.ops import Op
+from .ring import RingCollective, bounds
 
-OPS = {"sum": lambda a, b: a + b, "max": lambda a, b: a.maximum(b)}
-
-
-def _bounds(n: int, parts: int) -> list[tuple[int, int]]:
-  """Split n elements into `parts` contiguous chunks whose sizes differ by at most one."""
-  q, r = divmod(n, parts)
-  out, lo = [], 0
-  for i in range(parts):
-    hi = lo + q + (1 if i < r else 0)
-    out.append((lo, hi)); lo = hi
-  return out
+__all__ = ["all_reduce", "reduce_scatter", "all_gather", "broadcast"]
 
 
-def _check(xs: list[Tensor]):
+def _check(xs: list[Tensor], same: bool = True):
   if not xs: raise ValueError("collective over an empty list of tensors")
   if len({x.device for x in xs}) != len(xs): raise ValueError(f"collective needs one tensor per device, got devices {[x.device for x in xs]}")
-  if len({(x.shape, x.dtype) for x in xs}) != 1: raise ValueError(f"collective needs equal shapes and dtypes, got {[(x.shape, x.dtype.name) for x in xs]}")
+  if same and len({(x.shape, x.dtype) for x in xs}) != 1:
+    raise ValueError(f"collective needs equal shapes and dtypes, got {[(x.shape, x.dtype.name) for x in xs]}")
+  if not same and len({x.dtype for x in xs}) != 1: raise ValueError(f"collective needs equal dtypes, got {[x.dtype.name for x in xs]}")
+
+
+class _OutputGrad:
+  """Autograd context of one output of a collective: `backward` maps its gradient to every input."""
+  def __init__(self, parents, to_input):
+    self.parents, self.to_input = parents, to_input
+    self.needs_input_grad = [p.requires_grad for p in parents]
+
+  def backward(self, g: LazyBuffer):
+    return tuple(self.to_input(j, g) if need else None for j, need in enumerate(self.needs_input_grad))
+
+
+def _run(kind: str, xs: list[Tensor], op: str, grad) -> list[Tensor]:
+  sizes = [x.numel() for x in xs] if kind == "all_gather" else None
+  plan = RingCollective(kind, [x.device for x in xs], sum(sizes) if sizes else xs[0].numel(), xs[0].dtype, op, sizes)
+  outs = LazyBuffer.collective(plan, [x.lazydata.reshape((x.numel(),)) for x in xs], plan.out_specs())
+  needs = any(x.requires_grad for x in xs) and not Tensor.no_grad
+  ts = [Tensor(o, requires_grad=needs) for o in outs]
+  if needs:
+    for i, t in enumerate(ts): t._ctx = _OutputGrad(xs, lambda j, g, i=i: grad(i, j, g))
+  return ts
+
+
+def all_reduce(xs: list[Tensor], op: str = "sum") -> list[Tensor]:
+  """Every device gets the reduction (sum, mean or max) of all devices' tensors, in the same bits."""
+  _check(xs)
+  if op not in ("sum", "mean", "max"): raise ValueError(f"all_reduce op {op!r}: expected 'sum', 'mean' or 'max'")
+  if len(xs) == 1: return list(xs)
+  n, shape = len(xs), xs[0].shape
+  def grad(i, j, g):
+    g = g.reshape(shape).copy_to(xs[j].device)
+    if op == "mean": return g.alu(Op.MUL, g.const_like(1.0 / n))
+    if op == "max": return g.alu(Op.MUL, xs[j].lazydata.alu(Op.CMPEQ, outs[j].lazydata).cast(g.dtype))
+    return g
+  outs = [o.reshape(shape) for o in _run("all_reduce", xs, op, grad)]
+  return outs
 
 
 def reduce_scatter(xs: list[Tensor], op: str = "sum") -> list[Tensor]:
-  """Device i gets chunk i (of the flattened tensor, chunks as _bounds) reduced over all devices."""
+  """Device i gets chunk i (of the flattened tensor, chunks as ring.bounds) reduced over all devices."""
   _check(xs)
-  n, fn = len(xs), OPS["max" if op == "max" or xs[0].dtype is dtypes.bool else "sum"]
-  flat = [x.reshape(-1) for x in xs]
-  bounds = _bounds(flat[0].shape[0], n)
-  out = [None] * n
-  for c, (lo, hi) in enumerate(bounds):
-    d = (c + 1) % n
-    v = flat[d][lo:hi]
-    for hop in range(1, n):
-      d = (c + 1 + hop) % n
-      v = fn(v.to(xs[d].device), flat[d][lo:hi])
-    out[c] = v
-  if op == "mean": out = [(v * (1.0 / n)).cast(v.dtype) for v in out]
-  return out
+  if op not in ("sum", "mean", "max"): raise ValueError(f"reduce_scatter op {op!r}: expected 'sum', 'mean' or 'max'")
+  if len(xs) == 1: return [xs[0].reshape(-1)]
+  n, total, chunks = len(xs), xs[0].numel(), bounds(xs[0].numel(), len(xs))
+  def grad(i, j, g):
+    lo, hi = chunks[i]
+    g = g.copy_to(xs[j].device).pad(((lo, total - hi),)).reshape(xs[j].shape)
+    return g.alu(Op.MUL, g.const_like(1.0 / n)) if op == "mean" else g
+  if op == "max": grad = None   # the gradient of a scattered max is not needed anywhere; refuse it below
+  if op == "max" and any(x.requires_grad for x in xs) and not Tensor.no_grad: raise ValueError("reduce_scatter with op 'max' has no gradient")
+  return _run("reduce_scatter", xs, op, grad)
 
 
 def all_gather(chunks: list[Tensor], shape=None) -> list[Tensor]:
   """Every device gets the concatenation of all chunks (chunk i lives on device i), reshaped to shape."""
-  n = len(chunks)
-  got = [[None] * n for _ in range(n)]        # got[d][c]: chunk c on device d
-  for c in range(n):
-    got[c][c] = chunks[c]
-    for hop in range(1, n):
-      d, prev = (c + hop) % n, (c + hop - 1) % n
-      got[d][c] = got[prev][c].to(chunks[d].device)
-  out = [Tensor.cat(row, 0) if n > 1 else row[0] for row in got]
-  return [o.reshape(shape) for o in out] if shape is not None else out
-
-
-def all_reduce(xs: list[Tensor], op: str = "sum") -> list[Tensor]:
-  """Every device gets the reduction (sum, mean or max) of all devices' tensors."""
-  return all_gather(reduce_scatter(xs, op), xs[0].shape)
+  _check(chunks, same=False)
+  flat = [c.reshape(-1) for c in chunks]
+  if len(chunks) == 1: return [flat[0].reshape(shape) if shape is not None else flat[0]]
+  offsets = [0]
+  for c in flat: offsets.append(offsets[-1] + c.numel())
+  def grad(i, j, g):
+    return g.shrink(((offsets[j], offsets[j + 1]),)).copy_to(chunks[j].device).reshape(chunks[j].shape)
+  outs = _run("all_gather", flat, "sum", grad)
+  return [o.reshape(shape) for o in outs] if shape is not None else outs
 
 
 def broadcast(x: Tensor, devices: list[str]) -> list[Tensor]:

@@ -1,10 +1,11 @@
 """Data parallelism: one model replica per device of the dp group, each fed its slice of the batch.
 
 After the replicas' backward passes, each gradient is averaged over the replicas with a ring
-all-reduce, so every replica applies the same update and the replicas stay identical. With ZeRO-1 the
-gradients are flattened into one bucket per replica and reduce-scattered instead: replica r keeps the fp32 master
-weights and optimizer state of only its 1/dp slice of the flattened parameters, updates that slice,
-and an all-gather brings the new weights back to every replica.
+all-reduce (in the gradient's own float type), so every replica applies the same update and the
+replicas stay identical. With ZeRO-1 the gradients are flattened into one float32 bucket per replica
+and reduce-scattered instead: replica r keeps the fp32 master weights and optimizer state of only its
+1/dp slice of the flattened parameters, updates that slice, and an all-gather brings the new weights
+back to every replica.
 With tensor parallelism each replica is sharded over its tp group: the replicas' devices of each tp
 rank form their own ring with one bucket per device, after each replicated parameter's gradient has
 been summed over its tp group (tensor_parallel.sync_replicated_grads).
@@ -13,7 +14,8 @@ from __future__ import annotations
 from ..core import Tensor, dtypes, no_grad
 from ..nn.module import materialize, _np_of
 from ..nn.optim import clip_grad_norm
-from .collectives import all_reduce, reduce_scatter, all_gather, _bounds
+from .collectives import all_reduce, reduce_scatter, all_gather
+from .ring import bounds
 from .tensor_parallel import param_groups, sync_replicated_grads
 
 
@@ -37,7 +39,7 @@ class DataParallel:
       self.opts = [make_optimizer(ps) for rank in self.ranks for ps in rank]
       return
     flat = self._flatten(self.params[0], lambda p: p.detach().float())
-    self.bounds = _bounds(flat.shape[0], len(models))
+    self.bounds = bounds(flat.shape[0], len(models))
     self.shards = [materialize(flat[lo:hi].to(d), requires_grad=True) for (lo, hi), d in zip(self.bounds, self.devices)]
     self.opts = [make_optimizer([s]) for s in self.shards]
 
@@ -45,7 +47,11 @@ class DataParallel:
   def _flatten(ps, get) -> Tensor:
     return Tensor.cat([get(p).reshape(-1) for p in ps], 0)
 
-  def _grad(self, p): return p.grad.float() if p.grad is not None else Tensor.zeros(*p.shape, device=p.device)
+  def _grad(self, p, own_dtype: bool = False):
+    """p's gradient (zeros if it has none) in float32, or with own_dtype in its own float type: the all-reduce
+    moves bfloat16 gradients as bfloat16 (half the traffic; the mean is taken in float32 and rounded once per hop)."""
+    if p.grad is None: return Tensor.zeros(*p.shape, device=p.device)
+    return p.grad if own_dtype and p.grad.dtype.is_float else p.grad.float()
 
   def set_lr(self, lr: float):
     for o in self.opts: o.set_lr(lr)
@@ -59,7 +65,7 @@ class DataParallel:
         for rank in self.ranks:
           if len(rank) == 1: continue
           for i in range(len(rank[0])):    # one all-reduce per parameter: no flattening pass over all gradients
-            for ps, g in zip(rank, all_reduce([self._grad(ps[i]) for ps in rank], "mean")):
+            for ps, g in zip(rank, all_reduce([self._grad(ps[i], own_dtype=True) for ps in rank], "mean")):
               ps[i].grad = g.cast(ps[i].dtype if ps[i].dtype.is_float else dtypes.float32)
         if self.clip_norm:
           for d in range(len(self.models)): self._clip([rank[d] for rank in self.ranks])

@@ -1,7 +1,8 @@
 """Render a kernel as CUDA C for the CUDA runtime (compiled by NVRTC to a CUBIN).
 
 The loop nest comes from loops.lower and the expressions from cstyle (the same as the C backend, with
-cstyle.cuda_spelling for the math names), so the two backends compute the same thing:
+cstyle.cuda_spelling for the math names), so the two backends compute the same thing (except exp2, which
+runs on the GPU's special-function unit, within 2 ulp of the CPU's polynomial):
   * elementwise: one thread per output element, a grid-stride loop over the flat output index;
   * reductions: 'row' mode, a group of threads (one warp, or a whole block of up to 1024) per output,
     each thread striding over the reduce index, then warp shuffles and shared memory; or 'col' mode
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ..ops import Op
 from ..schedule import Kernel
+from ..dtypes import dtypes
 from .loops import lower, LoopNest
 from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, PRELUDE, cuda_spelling
 from . import gemm
@@ -41,7 +43,11 @@ static __device__ __forceinline__ unsigned int k_shfl(unsigned int v, int o) { r
 static __device__ __forceinline__ long long k_shfl(long long v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
 static __device__ __forceinline__ unsigned char k_shfl(unsigned char v, int o) { return (unsigned char)__shfl_down_sync(0xffffffffu, (int)v, o); }
 static __device__ __forceinline__ signed char k_shfl(signed char v, int o) { return (signed char)__shfl_down_sync(0xffffffffu, (int)v, o); }
-""" + cuda_spelling(PRELUDE)
+""" + cuda_spelling(PRELUDE[:PRELUDE.index("static inline float k_exp2")] + PRELUDE[PRELUDE.index("static inline float k_log2"):]) + r"""
+// exp2 on the special-function unit: within 2 ulp like the shared polynomial, and several times
+// cheaper, so chains with exp (sigmoid, softmax, silu) stay bound by memory, not arithmetic
+static __device__ __forceinline__ float k_exp2(float x) { return exp2f(x); }
+"""
 
 
 @dataclass
@@ -265,3 +271,33 @@ def _reduce(k: Kernel, nest: LoopNest, name: str) -> Rendered:
     lines += ["if (lane == 0) {", *store, "}"]
   src = HEADER + _signature(k, name, nthreads) + " {\n" + cuda_spelling("\n".join(lines)) + "\n}\n"
   return Rendered(src, ((O + per_block - 1) // per_block, 1, 1), (nthreads, 1, 1))
+
+
+def render_accumulate(dtype, op: str, scale: float | None, name: str, sms: int) -> Rendered:
+  """dst[i] = op(dst[i], src[i]) (* scale) for i < n, n a kernel argument: the collectives' local
+  reduction, one kernel for every piece size. 16-byte vectors where dst and src are equally aligned."""
+  st, ct = STORAGE[dtype], ctype(dtype)
+  a, b = load_expr(dtype, "d[i]"), load_expr(dtype, "s[i]")
+  val = f"({a}>{b}?{a}:{b})" if op == "max" or dtype is dtypes.bool else f"({a}+{b})"
+  if scale is not None: val = f"(({ct})((float){val}*{literal(scale, dtypes.float32)}))"
+  vec = 16 // dtype.itemsize
+  body = f"""extern "C" __global__ void __launch_bounds__({BLOCK}) {name}({st}* __restrict__ dst, const {st}* __restrict__ src, unsigned long long n) {{
+  unsigned long long t = (unsigned long long)blockIdx.x * {BLOCK} + threadIdx.x, step = (unsigned long long)gridDim.x * {BLOCK}, head = 0;
+  if ((((unsigned long long)dst ^ (unsigned long long)src) & 15) == 0) {{   // same alignment: vectors after a short head
+    head = ((16 - ((unsigned long long)dst & 15)) & 15) / {dtype.itemsize};
+    if (head > n) head = n;
+    const unsigned long long nv = (n - head) / {vec};
+    for (unsigned long long g = t; g < nv; g += step) {{
+      uint4 dv = *(const uint4*)(dst + head + g * {vec}), sv = *(const uint4*)(src + head + g * {vec});
+      {st}* d = ({st}*)&dv; const {st}* s = (const {st}*)&sv;
+      #pragma unroll
+      for (int i = 0; i < {vec}; i++) d[i] = {store_expr(dtype, val)};
+      *(uint4*)(dst + head + g * {vec}) = dv;
+    }}
+    for (unsigned long long g = t; g < head; g += step) {{ {st}* d = dst + g; const {st}* s = src + g; const int i = 0; d[i] = {store_expr(dtype, val)}; }}
+    head += nv * {vec};
+  }}
+  for (unsigned long long g = head + t; g < n; g += step) {{ {st}* d = dst + g; const {st}* s = src + g; const int i = 0; d[i] = {store_expr(dtype, val)}; }}
+}}
+"""
+  return Rendered(HEADER + cuda_spelling(body), (sms * 4, 1, 1), (BLOCK, 1, 1))

@@ -4,7 +4,7 @@ Without a C compiler it falls back to the numpy interpreter and says so once."""
 from __future__ import annotations
 import ctypes, functools, hashlib, os, shutil, subprocess, tempfile, warnings
 import numpy as np
-from ..device import Runtime
+from .host import HostRuntime
 from ..codegen import cpu as cpu_codegen
 
 CC = os.environ.get("CC", "cc")
@@ -12,7 +12,6 @@ FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp", "-fno-math-errn
          "-ffp-contract=fast", "-fno-semantic-interposition"]
 CACHE = os.path.join(os.environ.get("TRAINER_CACHE", os.path.expanduser("~/.cache/trainer")), "cpu")
 _loaded: dict[str, object] = {}
-POOL_BYTES = 1 << 30   # freed host buffers kept for reuse, per device
 
 
 def compile_c(src: str) -> ctypes.CDLL:
@@ -41,30 +40,13 @@ class Program:
     return functools.partial(self.fn, *[h.ctypes.data for h in handles])
 
 
-class CPURuntime(Runtime):
+class CPURuntime(HostRuntime):
   def __init__(self, name: str):
-    self.name, self.pool, self.pooled = name, {}, 0
+    super().__init__(name)
     if shutil.which(CC) is None:
       warnings.warn(f"no C compiler ({CC!r}) found: the CPU backend runs on the slow numpy interpreter")
       from .interp import InterpRuntime
       self.compile = InterpRuntime(name).compile   # type: ignore[method-assign]
-
-  def alloc(self, nbytes):
-    # reuse a freed buffer of the same size: fresh memory costs a page fault per 4 KiB on first touch
-    free = self.pool.get(nbytes)
-    if free:
-      self.pooled -= nbytes
-      return free.pop()
-    return np.empty(max(nbytes, 1), dtype=np.uint8)
-
-  def free(self, handle):
-    if self.pooled + handle.nbytes <= POOL_BYTES:
-      self.pool.setdefault(handle.nbytes, []).append(handle); self.pooled += handle.nbytes
-  def copyin(self, handle, data): handle[:data.nbytes] = np.frombuffer(np.ascontiguousarray(data).data, dtype=np.uint8)
-  def copyout(self, handle, nbytes): return handle[:nbytes]
-  def copy_peer(self, dst_rt, dst, src, nbytes):
-    if isinstance(dst, np.ndarray): np.copyto(dst[:nbytes], src[:nbytes])
-    else: dst_rt.copyin(dst, src[:nbytes])
 
   def compile_custom(self, kernel, name: str, out, inputs):
     if not hasattr(kernel, "render_c"): return super().compile_custom(kernel, name, out, inputs)

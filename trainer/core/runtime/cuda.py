@@ -107,12 +107,21 @@ def check(r: int, what: str):
     raise CUDAError(f"{what} failed: {msg}")
 
 
-def cuda_device_count() -> int:
-  """How many CUDA devices this host has; 0 (never an exception) without a driver or a device."""
+def _physical_count() -> int:
   lib = _load_cuda()
   if lib is None: return 0
   n = ctypes.c_int(0)
   return n.value if lib.cuDeviceGetCount(ctypes.byref(n)) == 0 else 0
+
+
+def cuda_device_count() -> int:
+  """How many CUDA devices this host has; 0 (never an exception) without a driver or a device.
+  TRAINER_CUDA_DEVICES=N presents N devices laid round-robin over the GPUs present (CUDA:1 on a
+  one-GPU host is a second runtime, with its own streams, on GPU 0): multi-device code, collectives
+  included, can then be checked for correctness on fewer GPUs, not timed."""
+  n = _physical_count()
+  virtual = os.environ.get("TRAINER_CUDA_DEVICES")
+  return int(virtual) if n and virtual else n
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -333,7 +342,7 @@ class CUDARuntime(Runtime):
     if index >= n: raise CUDAError(f"{name}: no such device (this host has {n} CUDA device{'s' if n != 1 else ''})")
     self.name, self.index, self.lib = name, index, lib
     dev = ctypes.c_int()
-    check(lib.cuDeviceGet(ctypes.byref(dev), index), "cuDeviceGet")
+    check(lib.cuDeviceGet(ctypes.byref(dev), index % _physical_count()), "cuDeviceGet")
     self.dev = dev.value
     ctx = ctypes.c_void_p()
     check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), self.dev), "cuDevicePrimaryCtxRetain")
@@ -352,6 +361,7 @@ class CUDARuntime(Runtime):
     self.pool, self.pooled, self.peers, self._sizes = {}, 0, set(), {}
     self.held = self.peak = 0   # bytes of device memory allocated (in use or pooled), and the most ever
     self.modules = {}   # cubin key -> CUmodule
+    self._copy_stream, self._events, self._accumulators = None, [], {}
 
   def attr(self, a: int) -> int:
     v = ctypes.c_int()
@@ -439,6 +449,8 @@ class CUDARuntime(Runtime):
 
   def _enable_peer(self, other):
     if other.index in self.peers: return
+    if other.ctx == self.ctx:   # two virtual devices of one GPU
+      self.peers.add(other.index); other.peers.add(self.index); return
     can = ctypes.c_int(0)
     check(self.lib.cuDeviceCanAccessPeer(ctypes.byref(can), self.dev, other.dev), "cuDeviceCanAccessPeer")
     if can.value:
@@ -463,6 +475,67 @@ class CUDARuntime(Runtime):
   def synchronize(self):
     self._activate()
     check(self.lib.cuStreamSynchronize(self.stream), f"cuStreamSynchronize on {self.name}")
+    if self._copy_stream is not None: check(self.lib.cuStreamSynchronize(self._copy_stream), f"cuStreamSynchronize (copies) on {self.name}")
+
+  # -- what the collectives build on: a copy stream per device for copies into it, ordered by events
+  def view(self, handle, offset: int, nbytes: int): return int(handle) + offset
+
+  def _event(self):
+    if self._events: return self._events.pop()
+    ev = ctypes.c_void_p()
+    check(self.lib.cuEventCreate(ctypes.byref(ev), CU_EVENT_DISABLE_TIMING), "cuEventCreate")
+    return (self, ev.value)
+
+  def _record(self, stream):
+    ev = self._event()
+    check(self.lib.cuEventRecord(ev[1], stream), f"cuEventRecord on {self.name}")
+    return ev
+
+  def _wait_on(self, stream, events):
+    for ev in events:
+      if ev is not None: check(self.lib.cuStreamWaitEvent(stream, ev[1], 0), f"cuStreamWaitEvent on {self.name}")
+
+  def mark(self):
+    self._activate()
+    return self._record(self.stream)
+
+  def wait(self, events):
+    self._activate()
+    self._wait_on(self.stream, events)
+
+  def release(self, events):
+    """Events go back to their device's free list: every wait on them has been queued (a wait binds
+    to the record before it), so recording them again cannot disturb it."""
+    for ev in events:
+      if ev is not None: ev[0]._events.append(ev)
+
+  def copy_async(self, src_rt, dst, src, nbytes: int, after=()):
+    """On this device's copy stream: wait for `after`, copy `nbytes` from src (on src_rt) into dst, and
+    return the event of its completion. Nothing else is ordered: the caller waits for what it needs."""
+    if not isinstance(src_rt, CUDARuntime): return super().copy_async(src_rt, dst, src, nbytes, after)
+    self._activate()
+    if self._copy_stream is None:
+      st = ctypes.c_void_p()
+      check(self.lib.cuStreamCreate(ctypes.byref(st), CU_STREAM_NON_BLOCKING), "cuStreamCreate")
+      self._copy_stream = st.value
+    self._wait_on(self._copy_stream, after)
+    if nbytes:
+      if src_rt.ctx == self.ctx: r = self.lib.cuMemcpyDtoDAsync_v2(dst, src, nbytes, self._copy_stream)
+      else:
+        src_rt._enable_peer(self); self._activate()
+        r = self.lib.cuMemcpyPeerAsync(dst, self.ctx, src, src_rt.ctx, nbytes, self._copy_stream)
+      check(r, f"copy {src_rt.name} -> {self.name} ({nbytes} bytes)")
+    return self._record(self._copy_stream)
+
+  def accumulate(self, dst, src, n: int, dtype, op: str, scale: float | None = None):
+    key = (dtype, op, scale)
+    prog = self._accumulators.get(key)
+    if prog is None:
+      from ..codegen.cuda import render_accumulate
+      name = f"accumulate_{dtype.name}_{op}"
+      r = render_accumulate(dtype, op, scale, name, self.sm_count)
+      prog = self._accumulators[key] = self.load(compile_cuda(r.src, self.arch, f"{name}.cu"), name, r.grid, r.block, 0, 3)
+    if n: prog(int(dst), int(src), n)
 
   # -- kernels
   def memset0(self, handle, nbytes: int):

@@ -3,7 +3,7 @@ reference the compiled backends are tested against, and the fallback where no C 
 Same semantics as the generated code: floats compute in float32 and round once when stored."""
 from __future__ import annotations
 import numpy as np
-from ..device import Runtime
+from .host import HostRuntime
 from ..dtypes import dtypes, bf16_to_f32, f32_to_bf16
 from ..ops import Op
 from ..schedule import Kernel
@@ -84,10 +84,5 @@ def _alu(op, dt, a):
   return fn(a[0], a[1]).astype(c)
 
 
-class InterpRuntime(Runtime):
-  def __init__(self, name: str): self.name = name
-  def alloc(self, nbytes): return np.empty(max(nbytes, 1), dtype=np.uint8)
-  def copyin(self, handle, data): handle[:data.nbytes] = np.frombuffer(np.ascontiguousarray(data).data, dtype=np.uint8)
-  def copyout(self, handle, nbytes): return handle[:nbytes]
-  def copy_peer(self, dst_rt, dst, src, nbytes): dst_rt.copyin(dst, src[:nbytes])
+class InterpRuntime(HostRuntime):
   def compile(self, kernel, name): return InterpProgram(kernel)
