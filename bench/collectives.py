@@ -3,16 +3,18 @@ through torch.distributed measured in the same run (the yardstick script), and p
 
   python bench/collectives.py [path/to/torch_reference.py]
 
-Bus bandwidth = 2 (n-1)/n * bytes / time, as NCCL reports it. Our all-reduce is replayed by the JIT
-(no Python graph work in the timed loop). PyTorch is used only by the yardstick subprocess.
+Bus bandwidth = 2 (n-1)/n * bytes / time, as NCCL reports it. Our all-reduce (parallel/ring.py) is
+replayed by the JIT (no graph building in the timed loop; the ring engine issues its copies and adds).
+PyTorch is used only by the yardstick subprocess.
 """
 from __future__ import annotations
 import os, subprocess, sys, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import numpy as np
 from trainer.core import Tensor, dtypes, jit
-from trainer.core.device import get_runtime, device_count, Buffer
-from trainer.parallel import all_reduce
+from trainer.core.device import get_runtime, Buffer
+from trainer.core.runtime.cuda import physical_device_count
+from trainer.parallel import all_reduce, ring
 
 
 def sync(devs):
@@ -34,7 +36,7 @@ def bench_all_reduce(devs, nbytes, reps=5):
   sync(devs)
   dt = (time.perf_counter() - t) / reps
   k = len(devs)
-  return 2 * (k - 1) / k * nbytes / dt / 1e9, step.kernel_count
+  return 2 * (k - 1) / k * nbytes / dt / 1e9
 
 
 def bench_peer(src, dst, nbytes=1 << 30, reps=10):
@@ -48,8 +50,8 @@ def bench_peer(src, dst, nbytes=1 << 30, reps=10):
 
 
 def main():
-  n = device_count("CUDA")
-  if n < 2: print(f"needs 2 CUDA devices, found {n}"); return
+  n = physical_device_count()
+  if n < 2: print(f"needs 2 CUDA devices, found {n} (virtual devices of TRAINER_CUDA_DEVICES share a GPU: no bandwidth to measure)"); return
   devs = [f"CUDA:{i}" for i in range(n)]
   yard = sys.argv[1] if len(sys.argv) > 1 else None
   anchors = {}
@@ -60,9 +62,10 @@ def main():
     if not anchors: print(r.stdout[-2000:], r.stderr[-2000:])
   rows = []
   for size in (1 << 24, 1 << 27, 1 << 30):
-    ours, kernels = bench_all_reduce(devs, size)
+    ours = bench_all_reduce(devs, size)
     theirs = anchors.get(f"nccl_allreduce_busbw_{n}gpu_{size >> 20}MiB")
-    rows.append((f"all-reduce bf16 {size >> 20} MiB ({kernels} launches)", ours, theirs))
+    per = len(ring.pieces(0, size // 2 // n, 2))
+    rows.append((f"all-reduce bf16 {size >> 20} MiB ({per} pieces/chunk)", ours, theirs))
   rows.append(("peer copy 1 GiB CUDA:0 -> CUDA:1", bench_peer(devs[0], devs[1]), anchors.get("p2p_0to1_1024MiB")))
   print(f"devices: {n} x {get_runtime(devs[0]).name}")
   print(f"{'case':46s} {'ours GB/s':>10s} {'NCCL/torch':>11s} {'ratio':>6s}")

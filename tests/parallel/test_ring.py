@@ -107,9 +107,9 @@ def test_bad_input_is_a_clear_error():
 
 
 def _cuda_devices(monkeypatch, n):
-  from trainer.core.runtime.cuda import cuda_unavailable_reason, _physical_count
+  from trainer.core.runtime.cuda import cuda_unavailable_reason, physical_device_count
   if cuda_unavailable_reason(): pytest.skip(cuda_unavailable_reason())
-  if _physical_count() < n: monkeypatch.setenv("TRAINER_CUDA_DEVICES", str(n))
+  if physical_device_count() < n: monkeypatch.setenv("TRAINER_CUDA_DEVICES", str(n))
   return [f"CUDA:{i}" for i in range(n)]
 
 

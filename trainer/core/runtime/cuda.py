@@ -107,7 +107,8 @@ def check(r: int, what: str):
     raise CUDAError(f"{what} failed: {msg}")
 
 
-def _physical_count() -> int:
+def physical_device_count() -> int:
+  """How many GPUs the driver reports (0 without a driver), whatever TRAINER_CUDA_DEVICES says."""
   lib = _load_cuda()
   if lib is None: return 0
   n = ctypes.c_int(0)
@@ -119,7 +120,7 @@ def cuda_device_count() -> int:
   TRAINER_CUDA_DEVICES=N presents N devices laid round-robin over the GPUs present (CUDA:1 on a
   one-GPU host is a second runtime, with its own streams, on GPU 0): multi-device code, collectives
   included, can then be checked for correctness on fewer GPUs, not timed."""
-  n = _physical_count()
+  n = physical_device_count()
   virtual = os.environ.get("TRAINER_CUDA_DEVICES")
   return int(virtual) if n and virtual else n
 
@@ -342,7 +343,7 @@ class CUDARuntime(Runtime):
     if index >= n: raise CUDAError(f"{name}: no such device (this host has {n} CUDA device{'s' if n != 1 else ''})")
     self.name, self.index, self.lib = name, index, lib
     dev = ctypes.c_int()
-    check(lib.cuDeviceGet(ctypes.byref(dev), index % _physical_count()), "cuDeviceGet")
+    check(lib.cuDeviceGet(ctypes.byref(dev), index % physical_device_count()), "cuDeviceGet")
     self.dev = dev.value
     ctx = ctypes.c_void_p()
     check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), self.dev), "cuDevicePrimaryCtxRetain")
