@@ -42,7 +42,7 @@ def alu_expr(op: Op, dt: DType, src_dtypes, a: list) -> str:
   if op is Op.CAST:
     if dt is dtypes.bool: return f"({a[0]}!=0)"
     return f"(({ctype(dt)}){a[0]})"
-  unary = {Op.NEG: f"(-{a[0]})", Op.RECIP: f"(1.0f/{a[0]})", Op.SQRT: f"sqrtf({a[0]})", Op.EXP2: f"k_exp2({a[0]})",
+  unary = {Op.NEG: f"(-{a[0]})", Op.RECIP: f"k_recip({a[0]})", Op.SQRT: f"sqrtf({a[0]})", Op.EXP2: f"k_exp2({a[0]})",
            Op.LOG2: f"k_log2({a[0]})", Op.SIN: f"k_sin({a[0]})"}
   if op in unary:
     if op is Op.NEG and dt is dtypes.bool: return f"(!{a[0]})"
@@ -79,6 +79,7 @@ static inline unsigned short f2bf(float f) {
   unsigned int r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   return (unsigned short)(((u & 0x7fffffffu) > 0x7f800000u) ? ((u >> 16) | 0x40u) : r);
 }
+static inline float k_recip(float x) { return 1.0f / x; }
 static inline float k_exp2(float x) {
   float xc = x < -127.0f ? -127.0f : (x > 127.0f ? 127.0f : x);
   float fi = __builtin_floorf(xc), f = xc - fi;
