@@ -1,6 +1,7 @@
 """The ring engine (parallel/ring.py) with small pieces, so every path runs: many pieces per chunk,
 reduce-scatter partial sums in scratch (more than two devices), all-gather of unequal chunks, JIT
-replays, gradients of every collective, and the same on CUDA devices where a GPU is present."""
+replays, gradients of every collective (collectives themselves, through one autograd context for all
+outputs), and the same on CUDA devices where a GPU is present."""
 import numpy as np
 import pytest
 from trainer.core import Tensor, dtypes, jit
@@ -84,6 +85,10 @@ def test_gradients_of_every_collective(small_pieces):
   # all-reduce mean: d/dx_j sum_i w_i . mean(x) = sum_i w_i / n
   ts = leaves(); weighted(all_reduce(ts, "mean")).backward()
   for t in ts: np.testing.assert_allclose(t.grad.numpy(), np.sum(ws, 0) / 3, rtol=1e-5)
+  # only one output used: every input still gets its gradient (the unused outputs count as zero)
+  ts = leaves(); out = all_reduce(ts, "sum")
+  (out[1] * Tensor(ws[1], device=CPUS[1])).sum().backward()
+  for t in ts: np.testing.assert_allclose(t.grad.numpy(), ws[1], rtol=1e-6)
   # all-reduce max: the gradient goes to the input that holds the maximum
   ts = leaves(); weighted(all_reduce(ts, "max")).backward()
   arg = np.argmax(xs, 0)

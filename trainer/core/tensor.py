@@ -195,14 +195,24 @@ class Tensor:
     if self._ctx is None and self.requires_grad:   # backward on a leaf (e.g. the sum of a 0-d tensor is itself)
       self.grad = gradient if self.grad is None else self.grad + gradient
     grads = {id(self): gradient.lazydata}
+    # a context with several outputs (ctx.outputs: weak references, e.g. a collective's) is called once, with the
+    # list of its outputs' gradients (None where one got none), after the last of its outputs in `order`
+    multi = {}
+    for t in order:
+      if hasattr(t._ctx, "outputs"): multi.setdefault(id(t._ctx), [0, [None] * len(t._ctx.outputs)])[0] += 1
     for t in reversed(order):
-      g = grads.pop(id(t), None)
+      g, ctx = grads.pop(id(t), None), t._ctx
+      if id(ctx) in multi:
+        waiting = multi[id(ctx)]
+        if g is not None: waiting[1][next(i for i, r in enumerate(ctx.outputs) if r() is t)] = g
+        waiting[0] -= 1
+        g = waiting[1] if waiting[0] == 0 and any(x is not None for x in waiting[1]) else None
       if g is None: continue
-      gs = t._ctx.backward(g)
+      gs = ctx.backward(g)
       if not isinstance(gs, tuple): gs = (gs,)
-      for p, pg in zip(t._ctx.parents, gs):
+      for p, pg in zip(ctx.parents, gs):
         if pg is None or not p.requires_grad: continue
-        assert pg.shape == p.shape, f"gradient shape {pg.shape} != {p.shape} in {type(t._ctx).__name__}"
+        assert pg.shape == p.shape, f"gradient shape {pg.shape} != {p.shape} in {type(ctx).__name__}"
         if p._ctx is None:   # leaf
           pt = Tensor(pg)
           p.grad = pt if p.grad is None else p.grad + pt

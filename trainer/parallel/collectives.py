@@ -3,12 +3,13 @@ broadcast. No NCCL, no MPI.
 
 Each collective is one node of the lazy graph (Op.COLLECTIVE, one output per device) that the scheduler
 runs as one item: ring.RingCollective, a ring of chunked, pipelined peer-to-peer copies and local adds
-(see ring.py). The JIT records and replays it like a kernel. Gradients: every output's gradient is
-copied back to every input's device (the transpose of the collective): an all-reduce's inputs get the
-sum of the output gradients, a reduce-scatter's the gathered ones, an all-gather's chunks the sum of
-their slices; max sends it to the inputs that hold the maximum.
+(see ring.py). The JIT records and replays it like a kernel. Gradients are collectives too (one autograd
+context for all outputs): an all-reduce's inputs get the all-reduce of the output gradients, a
+reduce-scatter's the all-gather of them, an all-gather's chunks their reduce-scatter; max sends the
+summed gradient to the inputs that hold the maximum.
 """
 from __future__ import annotations
+import weakref
 from ..core import Tensor
 from ..core.lazy import LazyBuffer
 from ..core.ops import Op
@@ -25,24 +26,33 @@ def _check(xs: list[Tensor], same: bool = True):
   if not same and len({x.dtype for x in xs}) != 1: raise ValueError(f"collective needs equal dtypes, got {[x.dtype.name for x in xs]}")
 
 
-class _OutputGrad:
-  """Autograd context of one output of a collective: `backward` maps its gradient to every input."""
-  def __init__(self, parents, to_input):
-    self.parents, self.to_input = parents, to_input
+def _collective(kind: str, lbs: list[LazyBuffer], op: str, sizes=None) -> list[LazyBuffer]:
+  """The outputs of one ring collective over flat LazyBuffers (one per device)."""
+  plan = RingCollective(kind, [x.device for x in lbs], sum(sizes) if sizes else lbs[0].size, lbs[0].dtype, op, sizes)
+  return LazyBuffer.collective(plan, [x.reshape((x.size,)) for x in lbs], plan.out_specs())
+
+
+class _CollectiveGrad:
+  """The autograd context of all outputs of one collective: Tensor.backward calls it once with every
+  output's gradient (None where one got none) and it returns every input's."""
+  def __init__(self, parents: list[Tensor], outputs: list[Tensor], grad):
+    self.parents, self.grad = parents, grad
+    self.outputs, self.shapes = [weakref.ref(o) for o in outputs], [o.shape for o in outputs]
     self.needs_input_grad = [p.requires_grad for p in parents]
 
-  def backward(self, g: LazyBuffer):
-    return tuple(self.to_input(j, g) if need else None for j, need in enumerate(self.needs_input_grad))
+  def backward(self, gs: list):
+    gs = [g if g is not None else LazyBuffer.const(0, p.dtype, shape, p.device) for g, p, shape in zip(gs, self.parents, self.shapes)]
+    return tuple(g if need else None for g, need in zip(self.grad(gs), self.needs_input_grad))
 
 
 def _run(kind: str, xs: list[Tensor], op: str, grad) -> list[Tensor]:
   sizes = [x.numel() for x in xs] if kind == "all_gather" else None
-  plan = RingCollective(kind, [x.device for x in xs], sum(sizes) if sizes else xs[0].numel(), xs[0].dtype, op, sizes)
-  outs = LazyBuffer.collective(plan, [x.lazydata.reshape((x.numel(),)) for x in xs], plan.out_specs())
+  outs = _collective(kind, [x.lazydata for x in xs], op, sizes)
   needs = any(x.requires_grad for x in xs) and not Tensor.no_grad
   ts = [Tensor(o, requires_grad=needs) for o in outs]
   if needs:
-    for i, t in enumerate(ts): t._ctx = _OutputGrad(xs, lambda j, g, i=i: grad(i, j, g))
+    ctx = _CollectiveGrad(xs, ts, grad)
+    for t in ts: t._ctx = ctx
   return ts
 
 
@@ -51,12 +61,11 @@ def all_reduce(xs: list[Tensor], op: str = "sum") -> list[Tensor]:
   _check(xs)
   if op not in ("sum", "mean", "max"): raise ValueError(f"all_reduce op {op!r}: expected 'sum', 'mean' or 'max'")
   if len(xs) == 1: return list(xs)
-  n, shape = len(xs), xs[0].shape
-  def grad(i, j, g):
-    g = g.reshape(shape).copy_to(xs[j].device)
-    if op == "mean": return g.alu(Op.MUL, g.const_like(1.0 / n))
-    if op == "max": return g.alu(Op.MUL, xs[j].lazydata.alu(Op.CMPEQ, outs[j].lazydata).cast(g.dtype))
-    return g
+  shape = xs[0].shape
+  def grad(gs):
+    summed = [g.reshape(shape) for g in _collective("all_reduce", gs, "mean" if op == "mean" else "sum")]
+    if op != "max": return summed
+    return [g.alu(Op.MUL, x.lazydata.alu(Op.CMPEQ, o.lazydata).cast(g.dtype)) for g, x, o in zip(summed, xs, outs)]
   outs = [o.reshape(shape) for o in _run("all_reduce", xs, op, grad)]
   return outs
 
@@ -66,13 +75,11 @@ def reduce_scatter(xs: list[Tensor], op: str = "sum") -> list[Tensor]:
   _check(xs)
   if op not in ("sum", "mean", "max"): raise ValueError(f"reduce_scatter op {op!r}: expected 'sum', 'mean' or 'max'")
   if len(xs) == 1: return [xs[0].reshape(-1)]
-  n, total, chunks = len(xs), xs[0].numel(), bounds(xs[0].numel(), len(xs))
-  def grad(i, j, g):
-    lo, hi = chunks[i]
-    g = g.copy_to(xs[j].device).pad(((lo, total - hi),)).reshape(xs[j].shape)
-    return g.alu(Op.MUL, g.const_like(1.0 / n)) if op == "mean" else g
-  if op == "max": grad = None   # the gradient of a scattered max is not needed anywhere; refuse it below
   if op == "max" and any(x.requires_grad for x in xs) and not Tensor.no_grad: raise ValueError("reduce_scatter with op 'max' has no gradient")
+  n = len(xs)
+  def grad(gs):
+    full = [g.reshape(x.shape) for g, x in zip(_collective("all_gather", gs, "sum", [g.size for g in gs]), xs)]
+    return [g.alu(Op.MUL, g.const_like(1.0 / n)) for g in full] if op == "mean" else full
   return _run("reduce_scatter", xs, op, grad)
 
 
@@ -81,10 +88,8 @@ def all_gather(chunks: list[Tensor], shape=None) -> list[Tensor]:
   _check(chunks, same=False)
   flat = [c.reshape(-1) for c in chunks]
   if len(chunks) == 1: return [flat[0].reshape(shape) if shape is not None else flat[0]]
-  offsets = [0]
-  for c in flat: offsets.append(offsets[-1] + c.numel())
-  def grad(i, j, g):
-    return g.shrink(((offsets[j], offsets[j + 1]),)).copy_to(chunks[j].device).reshape(chunks[j].shape)
+  def grad(gs):
+    return [g.reshape(c.shape) for g, c in zip(_collective("reduce_scatter", gs, "sum", [c.numel() for c in flat]), flat)]
   outs = _run("all_gather", flat, "sum", grad)
   return [o.reshape(shape) for o in outs] if shape is not None else outs
 
