@@ -83,9 +83,10 @@ class RingCollective:
     start = [rt.mark() for rt in rts]
     ready, busy, touched, made = {}, {}, [dict() for _ in range(n)], list(start)
 
-    def copy(s, t, dst, src, nbytes, after, key):
+    def copy(s, t, dst, src, nbytes, after, key=None):
+      """key (chunk, piece start): the piece tracked in `ready` and `busy`; None: an input is the source."""
       ev = rts[t].copy_async(rts[s], dst, src, nbytes, [start[s], start[t], *after, *busy.pop((t, key), [])])
-      busy.setdefault((s, key), []).append(ev)    # the source may not be overwritten before this copy is done
+      if key is not None: busy.setdefault((s, key), []).append(ev)    # the source may not be overwritten before this copy is done
       touched[s][t] = touched[t][t] = ev           # copies on t's copy stream finish in order: the last one counts
       made.append(ev)
       return ev
@@ -99,24 +100,23 @@ class RingCollective:
 
     if kind == "all_gather":   # each device's own chunk into its output (its copy stream, alongside the ring)
       for c, (lo, hi) in enumerate(self.chunks):
-        key = (c, lo)
-        ready[(c, key)] = copy(c, c, region(outs, c, lo, hi), rts[c].view(ins[c].handle, 0, (hi - lo) * isz), (hi - lo) * isz, [], key)
+        copy(c, c, region(outs, c, lo, hi), rts[c].view(ins[c].handle, 0, (hi - lo) * isz), (hi - lo) * isz, [])
     for _, j, k, c, lo, hi in steps:
       key, nbytes = (c, lo), (hi - lo) * isz
       if j < n:   # reduce-scatter hop j: from device c+j to c+j+1, which adds its own part
         s, t = (c + j) % n, (c + j + 1) % n
-        src = region(ins, s, lo, hi) if j == 1 else acc(s, c, lo, hi)
         dst = acc(t, c, lo, hi)
-        ev = copy(s, t, dst, src, nbytes, [ready.get((s, key))], key)
+        if j == 1: ev = copy(s, t, dst, region(ins, s, lo, hi), nbytes, [])
+        else: ev = copy(s, t, dst, acc(s, c, lo, hi), nbytes, [ready[(s, key)]], key)
         rts[t].wait([ev])
         rts[t].accumulate(dst, region(ins, t, lo, hi), hi - lo, self.dtype, self.op, self.scale if t == c else None)
         ready[(t, key)] = rts[t].mark(); made.append(ready[(t, key)])
       else:       # all-gather hop h: the final piece from device c+h to c+h+1
         h = j - n
         s, t = (c + h) % n, (c + h + 1) % n
-        if kind == "all_gather" and h == 0: src = rts[s].view(ins[s].handle, (lo - self.chunks[c][0]) * isz, nbytes)
-        else: src = region(outs, s, lo, hi)
-        ready[(t, key)] = copy(s, t, region(outs, t, lo, hi), src, nbytes, [ready.get((s, key))], key)
+        if kind == "all_gather" and h == 0:
+          ready[(t, key)] = copy(s, t, region(outs, t, lo, hi), rts[s].view(ins[s].handle, (lo - self.chunks[c][0]) * isz, nbytes), nbytes, [])
+        else: ready[(t, key)] = copy(s, t, region(outs, t, lo, hi), region(outs, s, lo, hi), nbytes, [ready[(s, key)]], key)
 
     for d in range(n): rts[d].wait(list(touched[d].values()))
     rts[0].release(made)
