@@ -1,12 +1,12 @@
 """GPU core benchmark: our CUDA kernels next to PyTorch measured in the same run.
 
-  python bench/gpu_core.py [--quick]
+  python bench/gpu_core.py [--quick] [--attention-only]
 
 Prints the device, then a table: bf16 matmul 4096^3 and 8192^3 in TFLOP/s (ours vs torch.matmul),
 and a fused elementwise chain over 256M bf16 elements in GB/s (bytes read + written) next to torch's
 device-to-device copy rate, then causal bf16 attention forward and forward+backward in TFLOP/s next to
 torch's scaled_dot_product_attention (see attention_rows). Each figure is the median of timed repeats
-(CUDA events) after warm-ups.
+(CUDA events) after warm-ups. --attention-only prints the attention rows alone.
 PyTorch is imported here only, as the yardstick.
 """
 from __future__ import annotations
@@ -119,7 +119,8 @@ def main():
   print(f"device: {rt.device_name} ({rt.arch}, {rt.sm_count} SMs); torch: {torch.__version__ if torch else 'absent'}")
   rows = []
   rng = np.random.default_rng(0)
-  for n in ([1024, 4096] if quick else [4096, 8192]):
+  attention_only = "--attention-only" in sys.argv
+  for n in [] if attention_only else [1024, 4096] if quick else [4096, 8192]:
     a_np = f32_to_bf16(rng.standard_normal((n, n), dtype=np.float32))
     b_np = f32_to_bf16(rng.standard_normal((n, n), dtype=np.float32))
     a = Tensor(bf16_to_f32(a_np), dtype="bfloat16", device=DEV)
@@ -141,21 +142,22 @@ def main():
       del ta, tb, mine, theirs
     rows.append((f"bf16 matmul {n}^3", "TFLOP/s", ours, ref, "torch.matmul", err))
     del a, b, out
-  # fused elementwise chain over 256M bf16: one kernel reading x and writing y
-  n = (16 if quick else 256) << 20
-  base = f32_to_bf16(rng.standard_normal(1 << 20, dtype=np.float32))
-  x = Tensor(bf16_to_f32(np.tile(base, n >> 20)), dtype="bfloat16", device=DEV)
-  fn, out, prog = bound(((x * 1.5 + 0.25).maximum(x * 0.1) * x.sigmoid()).cast(dtypes.bfloat16))
-  ms = time_ours(rt, fn)
-  ours = 2 * n * 2 / ms / 1e6
-  ref = None
-  if has_torch:
-    tx = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
-    ty = torch.empty_like(tx)
-    tms = time_torch(torch, lambda: ty.copy_(tx))
-    ref = 2 * n * 2 / tms / 1e6
-    del tx, ty
-  rows.append((f"fused elementwise {n >> 20}M bf16", "GB/s", ours, ref, "torch d2d copy", f"grid {prog.grid[0]}x{prog.block[0]}"))
+  if not attention_only:
+    # fused elementwise chain over 256M bf16: one kernel reading x and writing y
+    n = (16 if quick else 256) << 20
+    base = f32_to_bf16(rng.standard_normal(1 << 20, dtype=np.float32))
+    x = Tensor(bf16_to_f32(np.tile(base, n >> 20)), dtype="bfloat16", device=DEV)
+    fn, out, prog = bound(((x * 1.5 + 0.25).maximum(x * 0.1) * x.sigmoid()).cast(dtypes.bfloat16))
+    ms = time_ours(rt, fn)
+    ours = 2 * n * 2 / ms / 1e6
+    ref = None
+    if has_torch:
+      tx = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+      ty = torch.empty_like(tx)
+      tms = time_torch(torch, lambda: ty.copy_(tx))
+      ref = 2 * n * 2 / tms / 1e6
+      del tx, ty
+    rows.append((f"fused elementwise {n >> 20}M bf16", "GB/s", ours, ref, "torch d2d copy", f"grid {prog.grid[0]}x{prog.block[0]}"))
   rows += attention_rows(rt, torch if has_torch else None, quick)
   print(f"\n| {'benchmark':30s} | {'unit':7s} | {'ours':>8s} | {'torch':>8s} | {'ratio':>6s} | {'yardstick':15s} | note")
   print(f"|{'-' * 32}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 17}|------")
