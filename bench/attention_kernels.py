@@ -17,29 +17,9 @@ from trainer.core.device import Buffer, get_runtime
 from trainer.core.dtypes import f32_to_bf16
 from trainer.core.runtime.cuda import compile_cuda
 from trainer.core.kernels.attention import AttentionForward, AttentionDelta, AttentionBackward, PAD
+from gpu_core import time_ours as timed, time_torch as timed_torch   # bench/ is this script's folder
 
 DEV = "CUDA:0"
-
-
-def timed(rt, fn, warm=3, reps=10) -> float:
-  for _ in range(warm): fn()
-  rt.synchronize()
-  ts = []
-  for _ in range(reps):
-    s = rt.event(); fn(); e = rt.event()
-    ts.append(rt.elapsed_ms(s, e))
-  return float(np.median(ts))
-
-
-def timed_torch(torch, fn, warm=3, reps=10) -> float:
-  for _ in range(warm): fn()
-  torch.cuda.synchronize()
-  ts = []
-  for _ in range(reps):
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record(); fn(); e.record(); e.synchronize()
-    ts.append(s.elapsed_time(e))
-  return float(np.median(ts))
 
 
 def program(rt, kern, arch: str, nargs: int):

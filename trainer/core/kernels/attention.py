@@ -271,6 +271,19 @@ static __device__ __forceinline__ float from_word(unsigned short w) {
   float f; asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(w)); return f;
 #endif
 }
+// the tail (words D..D+7) of a packed forward row: the log-sum-exp of a row with sum lt and max mx (log2
+// units) as three words whose sum is it to about fp32 precision, then zeros; +inf marks a row with no key
+static __device__ __forceinline__ void store_lse(unsigned short* tail, float lt, float mx) {
+  unsigned short w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (lt > 0.f) {
+    const float lse = (mx + __log2f(lt)) * LN2;
+    w[0] = to_word(lse);
+    const float r1 = lse - from_word(w[0]);
+    w[1] = to_word(r1);
+    w[2] = to_word(r1 - from_word(w[1]));
+  } else w[0] = to_word(INFINITY);
+  *(uint4*)tail = *(const uint4*)w;
+}
 // p[0] += x, p[1] += y in device memory (one vector atomic from sm_90 on)
 static __device__ __forceinline__ void red_add2(float* p, float x, float y) {
 #if __CUDA_ARCH__ >= 900
@@ -399,17 +412,7 @@ extern "C" __global__ void __launch_bounds__(NT) @NAME@(unsigned short* __restri
     unsigned short* orow = op + (long long)row * DW;
     #pragma unroll
     for (int j = 0; j < D / 8; j++) *(unsigned*)(orow + j * 8 + tq * 2) = pack2(o[j][2 * hh] * inv, o[j][2 * hh + 1] * inv);
-    if (tq == 0) {
-      unsigned short w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      if (lt > 0.f) {
-        const float lse = (mx[hh] + __log2f(lt)) * LN2;
-        w[0] = to_word(lse);
-        const float r1 = lse - from_word(w[0]);
-        w[1] = to_word(r1);
-        w[2] = to_word(r1 - from_word(w[1]));
-      } else w[0] = to_word(INFINITY);
-      *(uint4*)(orow + D) = *(const uint4*)w;
-    }
+    if (tq == 0) store_lse(orow + D, lt, mx[hh]);
   }
 }
 """

@@ -166,17 +166,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(unsigned short* __res
     unsigned short* orow = op + (long long)row * DW;
     #pragma unroll
     for (int j = 0; j < D / 8; j++) *(unsigned*)(orow + j * 8 + tq * 2) = pack2(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
-    if (tq == 0) {
-      unsigned short w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      if (lt > 0.f) {
-        const float lse = (mx[hh] + __log2f(lt)) * LN2;
-        w[0] = to_word(lse);
-        const float r1 = lse - from_word(w[0]);
-        w[1] = to_word(r1);
-        w[2] = to_word(r1 - from_word(w[1]));
-      } else w[0] = to_word(INFINITY);
-      *(uint4*)(orow + D) = *(const uint4*)w;
-    }
+    if (tq == 0) store_lse(orow + D, lt, mx[hh]);
   }
 }
 """
