@@ -33,6 +33,27 @@ def test_intermediates_share_an_arena():
   assert step.arena_bytes <= step.intermediate_bytes / 2, (step.arena_bytes, step.intermediate_bytes)
 
 
+def test_a_training_step_leaves_no_reference_cycles():
+  """Activations must be freed by reference counting when a step ends (a cycle would keep them until the
+  garbage collector ran, and the JIT would then take them for state outside its arena)."""
+  import gc
+  r = np.random.default_rng(4)
+  w1 = Tensor(r.standard_normal((32, 64)).astype(np.float32) * 0.1, requires_grad=True)
+  w2 = Tensor(r.standard_normal((64, 8)).astype(np.float32) * 0.1, requires_grad=True)
+  def train_step(x):
+    loss = ((x @ w1).relu() @ w2).log_softmax(-1).mean()
+    loss.backward()
+    for w in (w1, w2): w.assign(w - 0.1 * w.grad); w.grad = None
+    return loss
+  step = jit(train_step)
+  gc.collect(); gc.disable()
+  try:
+    for _ in range(3): step(Tensor(r.standard_normal((16, 32)).astype(np.float32)))
+    assert gc.collect() == 0
+  finally: gc.enable()
+  assert step.intermediate_bytes >= 16 * 64 * 4   # the hidden activations were planned, not kept
+
+
 def test_arguments_are_read_not_swapped():
   """The caller's tensors are copied into the JIT's own buffers: an old argument keeps its data."""
   step = jit(lambda x: x * 2)

@@ -263,13 +263,18 @@ def _order_assigns(items: list) -> list:
       if id(inp) in producer: deps[i].add(producer[id(inp)])
       w = writes.get(id(inp))
       if w is not None and w != i: deps[w].add(i)   # read the old value before it is overwritten
+  # depth-first placement, as a loop: a recursive closure would be a reference cycle keeping every item
+  # (and so every buffer of the schedule) alive until the garbage collector ran
   out, placed, active = [], set(), set()
-  def place(i):
-    if i in placed: return
-    if i in active: raise RuntimeError("a kernel reads one buffer both before and after an in-place assign to it; realize the assign first")
-    active.add(i)
-    for j in sorted(deps[i]): place(j)
-    active.discard(i); placed.add(i)
-    out.append(items[i])
-  for i in range(len(items)): place(i)
+  for root in range(len(items)):
+    stack = [(root, False)]
+    while stack:
+      i, done = stack.pop()
+      if done:
+        active.discard(i); placed.add(i); out.append(items[i]); continue
+      if i in placed: continue
+      if i in active: raise RuntimeError("a kernel reads one buffer both before and after an in-place assign to it; realize the assign first")
+      active.add(i)
+      stack.append((i, True))
+      stack.extend((j, False) for j in sorted(deps[i], reverse=True))
   return out

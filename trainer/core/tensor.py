@@ -181,17 +181,26 @@ class Tensor:
     return Tensor.uniform(*shape, low=-bound, high=bound, **kw)
 
   # ---- autograd ----
+  def _graph_order(self) -> list[Tensor]:
+    """The tensors with an autograd context that self depends on, each after its parents. A loop, not a
+    recursive closure: a closure that calls itself is a reference cycle, and this list would keep every
+    activation of the step alive until the garbage collector happened to run."""
+    if self._ctx is None: return []
+    order, seen, stack = [], {id(self)}, [(self, iter(self._ctx.parents))]
+    while stack:   # depth first, parents in order, each tensor after all of its parents
+      t, parents = stack[-1]
+      p = next(parents, None)
+      if p is None:
+        stack.pop(); order.append(t)
+      elif id(p) not in seen and p._ctx is not None:
+        seen.add(id(p)); stack.append((p, iter(p._ctx.parents)))
+    return order
+
   def backward(self, gradient: Tensor | None = None) -> Tensor:
     if gradient is None:
       if self.numel() != 1: raise ValueError(f"backward() without a gradient needs a scalar, got shape {_shape_str(self.shape)}")
       gradient = Tensor.full(self.shape, 1.0, dtype=self.dtype, device=self.device)
-    order, seen = [], set()
-    def visit(t):
-      if id(t) in seen or t._ctx is None: return
-      seen.add(id(t))
-      for p in t._ctx.parents: visit(p)
-      order.append(t)
-    visit(self)
+    order = self._graph_order()
     if self._ctx is None and self.requires_grad:   # backward on a leaf (e.g. the sum of a 0-d tensor is itself)
       self.grad = gradient if self.grad is None else self.grad + gradient
     grads = {id(self): gradient.lazydata}

@@ -32,31 +32,30 @@ class InterpProgram:
   def __call__(self, out, *ins):
     k = self.k
     arrays = [np.frombuffer(h, dtype=b.dtype.np, count=b.size) for h, b in zip(ins, k.inputs)]
-    red = k.reduce
-    out_shape = k.out_shape
-    vals = {}
-    def ev(u, shape):
-      if id(u) in vals: return vals[id(u)]
-      if u.kind == "load":
-        idx, ok = _indices(u.arg[1], shape)
-        a = arrays[u.arg[0]]
-        v = a[np.where(ok, idx, 0)]
-        v = bf16_to_f32(v) if u.dtype is dtypes.bfloat16 else v.astype(_compute_np(u.dtype))
-        r = np.where(ok, v, np.zeros((), v.dtype))
-      elif u.kind == "const":
-        _, ok = _indices(u.arg[1], shape)
-        r = np.where(ok, np.array(u.arg[0], dtype=_compute_np(u.dtype)), np.zeros((), _compute_np(u.dtype)))
-      elif u.kind == "reduce":
-        s = ev(u.srcs[0], k.shape)
-        r = (np.sum if u.arg[0] is Op.SUM else np.max)(s, axis=u.arg[1], keepdims=True).astype(_compute_np(u.dtype))
-      else:
-        r = _alu(u.kind, u.dtype, [ev(s, shape) for s in u.srcs])
-      vals[id(u)] = r
-      return r
     with np.errstate(all="ignore"):
-      res = np.broadcast_to(ev(k.ast, out_shape if red else k.shape), out_shape).reshape(-1)
+      res = self._eval(k.ast, k.out_shape if k.reduce else k.shape, arrays, {})
+      res = np.broadcast_to(res, k.out_shape).reshape(-1)
       o = f32_to_bf16(res) if k.output.dtype is dtypes.bfloat16 else res.astype(k.output.dtype.np)
     out[:o.nbytes] = np.frombuffer(np.ascontiguousarray(o).data, dtype=np.uint8)
+
+  def _eval(self, u, shape, arrays, vals):
+    """The value of UOp u at every point of shape (vals: what is computed already, by id)."""
+    if id(u) in vals: return vals[id(u)]
+    if u.kind == "load":
+      idx, ok = _indices(u.arg[1], shape)
+      v = arrays[u.arg[0]][np.where(ok, idx, 0)]
+      v = bf16_to_f32(v) if u.dtype is dtypes.bfloat16 else v.astype(_compute_np(u.dtype))
+      r = np.where(ok, v, np.zeros((), v.dtype))
+    elif u.kind == "const":
+      _, ok = _indices(u.arg[1], shape)
+      r = np.where(ok, np.array(u.arg[0], dtype=_compute_np(u.dtype)), np.zeros((), _compute_np(u.dtype)))
+    elif u.kind == "reduce":
+      s = self._eval(u.srcs[0], self.k.shape, arrays, vals)
+      r = (np.sum if u.arg[0] is Op.SUM else np.max)(s, axis=u.arg[1], keepdims=True).astype(_compute_np(u.dtype))
+    else:
+      r = _alu(u.kind, u.dtype, [self._eval(s, shape, arrays, vals) for s in u.srcs])
+    vals[id(u)] = r
+    return r
 
 
 def _alu(op, dt, a):
