@@ -90,8 +90,6 @@ class CollectiveItem:
   plan: object
   outputs: list
   inputs: list
-  @property
-  def output(self): return next(o for o in self.outputs if o is not None)
 
 
 def _is_contraction(r: LazyBuffer) -> bool:

@@ -56,6 +56,17 @@ class RingCollective:
       ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
       self.chunks = list(zip([0] + ends[:-1], ends))
     self.outputs = []   # weak references to the lazy outputs (set by LazyBuffer.collective)
+    self.steps = self._steps()
+
+  def _steps(self) -> list[tuple]:
+    """The hops in issue order: (wavefront position, stage j: reduce-scatter hop j (1..n-1) or all-gather
+    hop j-n, piece index, chunk, lo, hi), sorted by position then stage."""
+    n, steps = len(self.devices), []
+    stages = (list(range(1, n)) if self.kind != "all_gather" else []) + ([n + h for h in range(n - 1)] if self.kind != "reduce_scatter" else [])
+    for c, (clo, chi) in enumerate(self.chunks):
+      for k, (lo, hi) in enumerate(pieces(clo, chi, self.dtype.itemsize)):
+        steps += [(k + j, j, k, c, lo, hi) for j in stages]
+    return sorted(steps, key=lambda s: s[:2])
 
   def __repr__(self): return f"RingCollective({self.kind}, {len(self.devices)} devices, {self.numel} x {self.dtype.name}, {self.op})"
 
@@ -91,17 +102,10 @@ class RingCollective:
       made.append(ev)
       return ev
 
-    steps = []   # (wavefront position, stage j: reduce-scatter hop j (1..n-1) or all-gather hop j-n, piece, chunk, lo, hi)
-    for c, (clo, chi) in enumerate(self.chunks):
-      for k, (lo, hi) in enumerate(pieces(clo, chi, isz)):
-        stages = (list(range(1, n)) if kind != "all_gather" else []) + ([n + h for h in range(n - 1)] if kind != "reduce_scatter" else [])
-        steps += [(k + j, j, k, c, lo, hi) for j in stages]
-    steps.sort(key=lambda s: s[:2])
-
     if kind == "all_gather":   # each device's own chunk into its output (its copy stream, alongside the ring)
       for c, (lo, hi) in enumerate(self.chunks):
         copy(c, c, region(outs, c, lo, hi), rts[c].view(ins[c].handle, 0, (hi - lo) * isz), (hi - lo) * isz, [])
-    for _, j, k, c, lo, hi in steps:
+    for _, j, k, c, lo, hi in self.steps:
       key, nbytes = (c, lo), (hi - lo) * isz
       if j < n:   # reduce-scatter hop j: from device c+j to c+j+1, which adds its own part
         s, t = (c + j) % n, (c + j + 1) % n

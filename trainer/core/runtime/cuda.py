@@ -1,7 +1,9 @@
 """The CUDA runtime: libcuda (the driver API) and NVRTC through ctypes; no CUDA Python package.
 
 One CUDARuntime per device (`CUDA:N`), each on the device's primary context with one stream of its
-own: copies and kernels are queued in order on it, `copyout` and `synchronize` wait for it. Freed
+own: copies and kernels are queued in order on it, `copyout` and `synchronize` wait for it. The
+collectives add a copy stream per device for copies into it, ordered against the rest by events
+(`copy_async`, `mark`, `wait`). Freed
 buffers are kept for reuse by size (the stream orders reuse, and cuMemFree would synchronise).
 Kernels are rendered as CUDA C (codegen/cuda.py), compiled to a CUBIN for the device's compute
 capability with NVRTC (or `nvcc -cubin` where no NVRTC library is found) and cached on disk by the

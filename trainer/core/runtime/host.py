@@ -34,7 +34,7 @@ class HostRuntime(Runtime):
   def accumulate(self, dst, src, n: int, dtype: DType, op: str, scale: float | None = None):
     """As the CUDA kernel computes it: floats in float32 rounded once, integers wrapping, bool as or."""
     a, b = (h[:n * dtype.itemsize].view(dtype.np) for h in (dst, src))
-    wide = (lambda x: bf16_to_f32(x)) if dtype is dtypes.bfloat16 else (lambda x: x.astype(np.float32)) if dtype.is_float else (lambda x: x)
+    def wide(x): return bf16_to_f32(x) if dtype is dtypes.bfloat16 else x.astype(np.float32) if dtype.is_float else x
     with np.errstate(over="ignore", invalid="ignore"):
       r = np.maximum(wide(a), wide(b)) if op == "max" or dtype is dtypes.bool else wide(a) + wide(b)
       if scale is not None: r = r.astype(np.float32) * np.float32(scale)
