@@ -16,7 +16,7 @@ from trainer.core import dtypes
 from trainer.core.device import Buffer, get_runtime
 from trainer.core.dtypes import f32_to_bf16
 from trainer.core.runtime.cuda import compile_cuda
-from trainer.core.kernels.attention import AttentionForward, AttentionDelta, AttentionBackward, PAD
+from trainer.core.kernels.attention import AttentionForward, AttentionDelta, AttentionBackward
 from gpu_core import time_ours as timed, time_torch as timed_torch   # bench/ is this script's folder
 
 DEV = "CUDA:0"
@@ -24,7 +24,7 @@ DEV = "CUDA:0"
 
 def program(rt, kern, arch: str, nargs: int):
   r = kern.render_cuda(kern.name, arch)
-  return rt.load(compile_cuda(r.src, r.arch or rt.arch), kern.name, r.grid, r.block, r.smem, nargs, r.zero_output)
+  return rt.load(compile_cuda(r.src, r.arch or rt.arch), kern.name, r.grid, r.block, r.smem, nargs, r.zero_output, r.tmaps)
 
 
 def main():
@@ -48,19 +48,19 @@ def main():
   err = lambda mine, want: ((mine - want).abs().max() / want.abs().max()).item()
   flops = 4 * b * h * t * t * d / 2
   fwd_k, dl_k, bwd_k = AttentionForward(*args), AttentionDelta(*args), AttentionBackward(*args)
-  nq, nkv = bwd_k.sizes()
-  packed, delta, grads = Buffer(DEV, b * h * t * (d + PAD), dtypes.bfloat16), Buffer(DEV, b * h * t, dtypes.float32), Buffer(DEV, nq + 2 * nkv, dtypes.float32)
+  n = b * h * t * d
+  out, lse, delta = Buffer(DEV, n, dtypes.bfloat16), Buffer(DEV, b * h * t, dtypes.float32), Buffer(DEV, b * h * t, dtypes.float32)
+  dq, dk, dv = Buffer(DEV, n, dtypes.float32), Buffer(DEV, n, dtypes.bfloat16), Buffer(DEV, n, dtypes.bfloat16)
   rows = []
   for label, arch in (("wgmma", rt.arch), ("mma.sync", "sm_80")):
-    fwd, dl, bwd = program(rt, fwd_k, arch, 4), program(rt, dl_k, rt.arch, 3), program(rt, bwd_k, arch, 7)
-    run_f = lambda: fwd(packed.handle, q.handle, k.handle, v.handle)
-    run_d = lambda: dl(delta.handle, do.handle, packed.handle)
-    run_b = lambda: bwd(grads.handle, q.handle, k.handle, v.handle, do.handle, packed.handle, delta.handle)
+    fwd, dl, bwd = program(rt, fwd_k, arch, 5), program(rt, dl_k, rt.arch, 3), program(rt, bwd_k, arch, 9)
+    run_f = lambda: fwd(out.handle, lse.handle, q.handle, k.handle, v.handle)
+    run_d = lambda: dl(delta.handle, do.handle, out.handle)
+    run_b = lambda: bwd(dq.handle, dk.handle, dv.handle, q.handle, k.handle, v.handle, do.handle, lse.handle, delta.handle)
     run_f(); run_d(); run_b(); rt.synchronize()
-    o = torch.from_numpy(packed.numpy().view(np.int16)).cuda().view(torch.bfloat16).float().reshape(b, h, t, d + PAD)[..., :d]
-    g = torch.from_numpy(grads.numpy()).cuda()
-    errs = [err(o, ref[0]), err(g[:nq].reshape(b, h, t, d), ref[1]), err(g[nq:nq + nkv].reshape(b, h, t, d), ref[2]),
-            err(g[nq + nkv:].reshape(b, h, t, d), ref[3])]
+    o = torch.from_numpy(out.numpy().view(np.int16)).cuda().view(torch.bfloat16).float().reshape(b, h, t, d)
+    g = [torch.from_numpy(dq.numpy()).cuda()] + [torch.from_numpy(x.numpy().view(np.int16)).cuda().view(torch.bfloat16).float() for x in (dk, dv)]
+    errs = [err(o, ref[0])] + [err(x.reshape(b, h, t, d), want) for x, want in zip(g, ref[1:])]
     ms = [timed(rt, run_f), timed(rt, run_d), timed(rt, run_b)]
     rows.append((label, ms, errs))
   with torch.no_grad(): tf = timed_torch(torch, lambda: sdpa(tq, tk, tv, is_causal=True))

@@ -4,7 +4,9 @@ import os
 import numpy as np
 import pytest
 from trainer.core import Tensor, dtypes, jit
+from trainer.core.custom import CustomKernel
 from trainer.core.kernels.rows import take_rows, GatherRows, ScatterAddRows
+from trainer.core.lazy import LazyBuffer
 from trainer.core.runtime import cuda as rc
 from trainer.core.schedule import create_schedule, CustomItem
 
@@ -63,6 +65,63 @@ def test_embedding_layer_uses_rows_kernel():
   e = Embedding(50, 8)
   idx = np.random.default_rng(3).integers(0, 50, (2, 7)).astype(np.int32)
   np.testing.assert_array_equal(e(Tensor(idx)).numpy(), e.weight.numpy()[idx])
+
+
+class SumProductMax(CustomKernel):
+  """x, y (m, n) float32 -> x + y (m, n) float32, x * y (m, n) bfloat16, the row maxima of x (m,) float32."""
+  name = "sum_product_max"
+  def __init__(self, m, n): self.m, self.n = m, n
+  def key(self): return (self.m, self.n)
+  def reference(self, x, y): return x + y, x * y, x.max(1)
+
+
+class SumProductMaxC(SumProductMax):
+  """The same in C (the compiled CPU backend runs it; the interpreter runs the reference)."""
+  def render_c(self, fname):
+    from trainer.core.codegen.cpu import HEADER
+    return HEADER + f"""
+void {fname}(float* restrict s, unsigned short* restrict p, float* restrict mx, const float* restrict x, const float* restrict y) {{
+  for (long long i = 0; i < {self.m}; i++) {{
+    float m = x[i * {self.n}];
+    for (long long j = 0; j < {self.n}; j++) {{
+      const long long e = i * {self.n} + j;
+      s[e] = x[e] + y[e]; p[e] = f2bf(x[e] * y[e]); m = x[e] > m ? x[e] : m;
+    }}
+    mx[i] = m;
+  }}
+}}
+"""
+
+
+def _outputs(kern, x, y):
+  specs = [((3, 5), dtypes.float32), ((3, 5), dtypes.bfloat16), ((3,), dtypes.float32)]
+  return [Tensor(o) for o in LazyBuffer.custom(kern, [x.lazydata, y.lazydata], specs)]
+
+
+@pytest.mark.parametrize("cls", [SumProductMax, SumProductMaxC])
+def test_custom_kernel_with_several_outputs(cls):
+  r = np.random.default_rng(5)
+  x, y = (r.standard_normal((3, 5)).astype(np.float32) + 1 for _ in range(2))
+  want = [x + y, Tensor(x * y, dtype="bfloat16").float().numpy(), x.max(1)]
+  s, p, mx = _outputs(cls(3, 5), Tensor(x), Tensor(y) * 1)
+  assert [t.dtype for t in (s, p, mx)] == [dtypes.float32, dtypes.bfloat16, dtypes.float32]
+  items = create_schedule([s.lazydata, mx.lazydata])
+  assert [type(it).__name__ for it in items] == ["Kernel", "CustomItem"]   # y * 1, then one launch for all three
+  for t, w in zip((s, p, mx), want): np.testing.assert_allclose(t.float().numpy(), w, rtol=1e-6)
+  # an output nobody holds (the bfloat16 product) still gets a buffer to write
+  s, mx = _outputs(cls(3, 5), Tensor(y), Tensor(x))[::2]
+  [item] = create_schedule([s.lazydata])
+  assert item.outputs[0] is s.lazydata and item.outputs[1] is None and item.outputs[2] is mx.lazydata
+  np.testing.assert_allclose((s * mx.reshape(3, 1)).numpy(), (x + y) * y.max(1)[:, None], rtol=1e-6)
+
+  @jit
+  def step(a, b):
+    s, p, _ = _outputs(cls(3, 5), a, b)
+    return s + p.float()
+  for k in range(4):
+    a, b = (np.random.default_rng(k).standard_normal((3, 5)).astype(np.float32) for _ in range(2))
+    want = a + b + Tensor(a * b, dtype="bfloat16").float().numpy()
+    np.testing.assert_allclose(step(Tensor(a), Tensor(b)).numpy(), want, rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- CUDA

@@ -21,9 +21,9 @@ class Runtime:
   def copyout(self, handle, nbytes: int) -> bytes | np.ndarray: raise NotImplementedError   # device -> host (raw bytes)
   def copy_peer(self, dst_rt: Runtime, dst, src, nbytes: int): raise NotImplementedError   # device -> other device
   def compile(self, kernel, name: str): raise NotImplementedError            # Kernel -> callable(out, *inputs)
-  def compile_custom(self, kernel, name: str, out, inputs):                   # custom.CustomKernel -> callable(out, *inputs)
+  def compile_custom(self, kernel, name: str, outs, inputs):   # custom.CustomKernel, (shape, dtype) per output -> callable(*outs, *inputs)
     from .custom import HostProgram
-    return HostProgram(self, kernel, out, inputs)
+    return HostProgram(self, kernel, outs, inputs)
   def synchronize(self): pass
   # what the collectives (parallel/ring.py) build on: byte ranges of buffers, copies on a copy stream
   # ordered by events, and an in-place reduction kernel. Host runtimes do all of it synchronously.

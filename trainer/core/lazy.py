@@ -8,6 +8,7 @@ import numpy as np
 from .ops import Op, ALU, COMPARE
 from .dtypes import DType, dtypes
 from .view import View
+from .custom import CustomCall
 
 
 class LazyBuffer:
@@ -86,11 +87,15 @@ class LazyBuffer:
     return LazyBuffer(self.device, self.dtype, self.shape, Op.ASSIGN, (self, value))
 
   @staticmethod
-  def custom(kernel, srcs, shape, dtype: DType) -> LazyBuffer:
-    """The output of a hand-written kernel (custom.CustomKernel); it reads its sources as contiguous arrays."""
+  def custom(kernel, srcs, outputs) -> list[LazyBuffer]:
+    """The outputs ((shape, dtype) each) of a hand-written kernel (custom.CustomKernel), made together by one
+    item of the schedule; it reads its sources as contiguous arrays."""
     srcs = [s if s.view.contiguous else s.contiguous() for s in srcs]
     assert len({s.device for s in srcs}) == 1, "a custom kernel's sources must be on one device"
-    return LazyBuffer(srcs[0].device, dtype, shape, Op.CUSTOM, srcs, kernel)
+    call = CustomCall(kernel, srcs[0].device, outputs)
+    outs = [LazyBuffer(call.device, dt, shape, Op.CUSTOM, srcs, call) for shape, dt in call.specs]
+    call.outputs = [weakref.ref(o) for o in outs]
+    return outs
 
   @staticmethod
   def collective(plan, srcs, outputs) -> list[LazyBuffer]:

@@ -31,8 +31,9 @@ Sources and sinks:
   COPY        the source's data on another device
   CONTIGUOUS  a materialised, contiguous copy of a view
   ASSIGN      write the value of src[1] into the buffer of src[0] (in-place update)
-  CUSTOM      a hand-written kernel over contiguous sources (arg: a custom.CustomKernel), for what
-              the ops above cannot do fast: fused attention, gathers by index (see custom.py)
+  CUSTOM      one output of a hand-written kernel over contiguous sources (arg: a custom.CustomCall, the
+              kernel and every output, all made together), for what the ops above cannot do fast:
+              fused attention, gathers by index (see custom.py)
   COLLECTIVE  one output of a collective over several devices (arg: its plan, e.g. parallel/ring.py's,
               which names every output); srcs are the contiguous inputs, one per device, and all
               outputs are made together

@@ -8,7 +8,7 @@ from .schedule import create_schedule, Kernel, CopyItem, CustomItem, CollectiveI
 from .lazy import LazyBuffer
 
 _programs: dict = {}
-capturing = None     # set by the JIT: its append() receives (program, [buffers]), ('copy', dst, src) or ('collective', plan, [buffers])
+capturing = None     # set by the JIT: its append() receives (program, outputs + inputs), ('copy', dst, src) or ('collective', plan, inputs + outputs)
 stats = {"kernels": 0, "compiled": 0}
 
 
@@ -16,14 +16,14 @@ descriptions: dict = {}   # id(program) -> what it computes, for profiles
 
 
 def describe(k: Kernel | CustomItem) -> str:
-  if isinstance(k, CustomItem): return f"custom {k.output.arg!r}"
+  if isinstance(k, CustomItem): return f"custom {k.call!r}"
   kind = "reduce" if k.reduce is not None else "elementwise"
   if kind == "reduce" and k.reduce.srcs[0].kind is Op.MUL and len(k.inputs) == 2: kind = "product"
   return f"{kind} {k.shape} {'+'.join(b.dtype.name for b in k.inputs)} -> {k.output.dtype.name}"
 
 
 def kernel_key(k: Kernel | CustomItem):
-  if isinstance(k, CustomItem): return (get_runtime(k.output.device), k.output.arg)
+  if isinstance(k, CustomItem): return (get_runtime(k.call.device), k.call.kernel)
   return (get_runtime(k.output.device), k.ast.key(), k.shape, tuple(b.dtype for b in k.inputs), k.output.dtype)
 
 
@@ -32,7 +32,7 @@ def get_program(k: Kernel | CustomItem):
   p = _programs.get(key)
   if p is None:
     rt, name = key[0], f"k{len(_programs)}"
-    p = _programs[key] = rt.compile_custom(k.output.arg, name, k.output, k.inputs) if isinstance(k, CustomItem) else rt.compile(k, name)
+    p = _programs[key] = rt.compile_custom(k.call.kernel, name, k.call.specs, k.inputs) if isinstance(k, CustomItem) else rt.compile(k, name)
     descriptions[id(p)] = describe(k)
     stats["compiled"] += 1
   return p
@@ -44,24 +44,36 @@ def realize(*lbs: LazyBuffer):
 
 
 def run_item(item):
+  ins = [b.buffer for b in item.inputs]
   if isinstance(item, CollectiveItem):
     outs = [Buffer(d, math.prod(shape), dt) for d, dt, shape in item.plan.out_specs()]
-    ins = [b.buffer for b in item.inputs]
     item.plan.run(ins, outs)
     if capturing is not None: capturing.append(("collective", item.plan, ins + outs))
-    for o, buf in zip(item.outputs, outs):
-      if o is not None: o.buffer, o.op, o.srcs, o.arg = buf, Op.BUFFER, (), None
-    return
+    return _become(item.outputs, outs)
+  if isinstance(item, CustomItem):
+    outs = [Buffer(item.call.device, math.prod(shape), dt) for shape, dt in item.call.specs]
+    _launch(item, outs + ins)
+    return _become(item.outputs, outs)
   out = item.output
   if isinstance(item, CopyItem):
     buf = Buffer(out.device, out.size, out.dtype)
-    buf.copy_from_peer(item.source.buffer)
-    if capturing is not None: capturing.append(("copy", buf, item.source.buffer))
+    buf.copy_from_peer(ins[0])
+    if capturing is not None: capturing.append(("copy", buf, ins[0]))
   else:
-    buf = out.srcs[0].base.buffer if out.op is Op.ASSIGN else Buffer(out.device, out.size, out.dtype)   # a Kernel or a CustomItem
-    prog = get_program(item)
-    bufs = [buf] + [b.buffer for b in item.inputs]
-    prog(*[b.handle for b in bufs])
-    stats["kernels"] += 1
-    if capturing is not None: capturing.append((prog, bufs))
-  out.buffer, out.op, out.srcs, out.arg = buf, Op.BUFFER, (), None
+    buf = out.srcs[0].base.buffer if out.op is Op.ASSIGN else Buffer(out.device, out.size, out.dtype)
+    _launch(item, [buf] + ins)
+  _become([out], [buf])
+
+
+def _launch(item: Kernel | CustomItem, bufs: list):
+  """Run the item's program on its buffers (outputs, then inputs)."""
+  prog = get_program(item)
+  prog(*[b.handle for b in bufs])
+  stats["kernels"] += 1
+  if capturing is not None: capturing.append((prog, bufs))
+
+
+def _become(lbs: list, bufs: list):
+  """The nodes (None: an output nobody holds) are now their realized buffers."""
+  for lb, buf in zip(lbs, bufs):
+    if lb is not None: lb.buffer, lb.op, lb.srcs, lb.arg = buf, Op.BUFFER, (), None

@@ -11,8 +11,8 @@ realized buffers (each through a View in the kernel's loop space) and constants.
     elementwise ops after it (an epilogue) when it has a single consumer on a single-use path.
     A sum of products of two broadcast operands (a contraction: matmul, conv) is never given an
     epilogue, so backends can run it as a hand-tuned matrix product.
-  * COPY, CUSTOM and COLLECTIVE nodes are items of their own (a device copy, a hand-written kernel,
-    a collective that makes all its outputs, on several devices, at once).
+  * COPY, CUSTOM and COLLECTIVE nodes are items of their own (a device copy, a hand-written kernel, a
+    collective); a CUSTOM or COLLECTIVE item makes all outputs of its call at once (a collective's on several devices).
   * Reduces, CONTIGUOUS, ASSIGN and everything the caller asked for are kernel outputs.
 """
 from __future__ import annotations
@@ -79,8 +79,10 @@ class CopyItem:
 
 @dataclass
 class CustomItem:
-  """A hand-written kernel (output.arg, a custom.CustomKernel) over contiguous realized inputs."""
-  output: LazyBuffer
+  """All outputs of one hand-written kernel (call: the nodes' arg, a custom.CustomCall) over contiguous realized
+  inputs; an output nobody holds any more is None."""
+  call: object
+  outputs: list
   inputs: list
 
 
@@ -123,15 +125,13 @@ class _Builder:
     if node.op is Op.COPY:
       self.schedule(node.srcs[0].base)
       self.items.append(CopyItem(node, node.srcs[0].base)); return
-    if node.op is Op.CUSTOM:
-      for src in node.srcs: self.schedule(src.base)
-      self.items.append(CustomItem(node, [src.base for src in node.srcs])); return
-    if node.op is Op.COLLECTIVE:
+    if node.op in (Op.CUSTOM, Op.COLLECTIVE):
       outs = [r() for r in node.arg.outputs]
       for o in outs:
         if o is not None: self.done[id(o)] = o
       for src in node.srcs: self.schedule(src.base)
-      self.items.append(CollectiveItem(node.arg, outs, [src.base for src in node.srcs])); return
+      item = CustomItem if node.op is Op.CUSTOM else CollectiveItem
+      self.items.append(item(node.arg, outs, [src.base for src in node.srcs])); return
     k = _KernelBuilder(self, node)
     self.items.append(k.build())
 
@@ -251,7 +251,7 @@ def _delay_copies(items: list) -> list:
 def _order_assigns(items: list) -> list:
   writes, producer = {}, {}
   for i, it in enumerate(items):
-    for o in (it.outputs if isinstance(it, CollectiveItem) else [it.output]):
+    for o in (it.outputs if isinstance(it, (CustomItem, CollectiveItem)) else [it.output]):
       if o is not None: producer[id(o)] = i
     if isinstance(it, Kernel) and it.output.op is Op.ASSIGN: writes[id(it.output.srcs[0].base)] = i
   if not writes: return items

@@ -79,15 +79,15 @@ class Rendered:
   block: tuple
   smem: int = 0               # dynamic shared memory bytes
   arch: str | None = None     # a different target than the device's own (e.g. sm_90a), or None
-  zero_output: int = 0        # bytes of the output set to 0 before each launch (kernels that accumulate atomically)
+  zero_output: int = 0        # bytes of the (first) output set to 0 before each launch (kernels that accumulate atomically)
   tmaps: tuple = ()           # TensorMaps passed by value after the buffers, encoded at launch
 
 
 @dataclass(frozen=True)
 class TensorMap:
-  """A TMA tensor map (128-byte swizzle) over the buffer of kernel argument `arg` (0 the output, 1 + i input i),
-  encoded with its address at launch: dims and box innermost first, strides (in elements) of dims[1:], offset
-  in elements."""
+  """A TMA tensor map (128-byte swizzle) over the buffer of kernel argument `arg` (the outputs first, then the
+  inputs: for a generated kernel 0 the output, 1 + i input i), encoded with its address at launch: dims and box
+  innermost first, strides (in elements) of dims[1:], offset in elements."""
   arg: int
   dtype: str
   dims: tuple

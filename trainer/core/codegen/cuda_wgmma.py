@@ -55,7 +55,7 @@ def render(name: str, g: Gemm, k, sms: int):
           "A_SBO": _SBO[a[0]], "B_SBO": _SBO[b[0]],
           "OT": STORAGE[to], "PAIR": int(pair)}
   src = (HEADER + "".join(f"#define {key} {val}\n" for key, val in defs.items()) + f"#define STORE(x) {store_expr(to, '(x)')}\n"
-         + PRELUDE + "".join(_tma_fn(r) for r in sorted({len(a[1].dims), len(b[1].dims)}))
+         + PRELUDE + "".join(tma_fn(r) for r in sorted({len(a[1].dims), len(b[1].dims)}))
          + (_tma_store_fn(len(c[1].dims)) if c else "") + _wgmma_fn(BN, dt, int(not a[0]), int(not b[0])))
   args = [f"{STORAGE[to]}* __restrict__ out"] + [f"const {STORAGE[x.dtype]}* __restrict__ in{i}" for i, x in enumerate(k.inputs)]
   args += ["const __grid_constant__ TmaDesc tmA", "const __grid_constant__ TmaDesc tmB"] + (["const __grid_constant__ TmaDesc tmC"] if c else [])
@@ -126,7 +126,7 @@ def _decode(g: Gemm, bext) -> str:
   return "\n".join(lines)
 
 
-def _tma_fn(rank: int) -> str:
+def tma_fn(rank: int) -> str:
   cs = ", ".join(f"int c{i}" for i in range(rank))
   regs = ", ".join(f"%{i + 3}" for i in range(rank))
   ins = ", ".join(f'"r"(c{i})' for i in range(rank))
@@ -155,10 +155,9 @@ def _wgmma_fn(BN: int, dt: str, ta: int, tb: int) -> str:
           f'    : {outs}\n    : "l"(da), "l"(db));\n}}\n')
 
 
-PRELUDE = r"""
-#define BM 128
-#define BK 64
-#define NACC (BN / 2)
+# what Hopper kernels fed by the copy engine share (the attention kernels too): the tensor map parameter,
+# mbarriers, named barriers and the shared-memory matrix descriptor
+HOPPER = r"""
 struct __align__(64) TmaDesc { unsigned long long v[16]; };
 static __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
@@ -176,11 +175,20 @@ static __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) 
                  : "=r"(done) : "r"(bar), "r"(parity) : "memory");
   } while (!done);
 }
+// named barrier `id` over n threads: bar_sync waits for the count, bar_arrive only counts
+static __device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory"); }
+static __device__ __forceinline__ void bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory"); }
 // a shared-memory matrix descriptor: 128-byte swizzle, leading / stride byte offsets
 static __device__ __forceinline__ unsigned long long sdesc(unsigned addr, unsigned lbo, unsigned sbo) {
   return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
 }
 """
+
+PRELUDE = r"""
+#define BM 128
+#define BK 64
+#define NACC (BN / 2)
+""" + HOPPER
 
 KERNEL = r"""
 extern "C" __global__ void __launch_bounds__(384, 1) @NAME@(@ARGS@) {

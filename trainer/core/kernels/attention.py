@@ -6,23 +6,22 @@
 Kernels (CUDA: bf16 or fp16 q/k/v, D in {64, 128}, any T and S, tensor cores mma.sync m16n8k16 with
 fp32 accumulators; the numpy references take float32 too, so CPU tests can run them exactly):
 
-  AttentionForward(q, k, v) -> packed (B, H, T, D + 8) in q's dtype: words [0, D) of a row are the
-      output O, words D, D+1, D+2 three values of that dtype whose sum is the row's log-sum-exp
-      (natural log, of scale * scores) to about fp32 precision, words D+3.. zero. One block of 8 warps
-      per 128 query rows streams 64-key tiles of K and V through shared memory (cp.async, two stages)
-      with an online softmax; causal blocks stop at their last visible key.
-  AttentionDelta(dO, packed) -> delta = rowsum(dO * O) (B, H, T) float32.
-  AttentionBackward(q, k, v, dO, packed, delta) -> float32 flat [dQ (B,H,T,D) | dK (B,Hkv,S,D) | dV (B,Hkv,S,D)]:
+  AttentionForward(q, k, v) -> the output O (B, H, T, D) in q's dtype and each row's log-sum-exp
+      (B, H, T) float32 (natural log, of scale * scores; +inf for a row with no visible key). One block
+      of 8 warps per 128 query rows streams 64-key tiles of K and V through shared memory (cp.async, two
+      stages) with an online softmax; causal blocks stop at their last visible key.
+  AttentionDelta(dO, O) -> delta = rowsum(dO * O) (B, H, T) float32.
+  AttentionBackward(q, k, v, dO, lse, delta) -> dQ (B, H, T, D) float32, dK and dV (B, Hkv, S, D) in q's dtype:
       one block of 8 warps per 128 keys of a k/v head loops over the query heads of its group and their query tiles,
-      recomputes P from the saved log-sum-exp and accumulates dK and dV in registers (no atomics);
-      dQ is added into the zeroed first part of the output with float32 atomics, so its last
-      bits can vary from run to run (dK and dV do not).
+      recomputes P from the saved log-sum-exp and accumulates dK and dV in registers (no atomics), stored
+      once at the end; dQ is added into its zeroed output with float32 atomics, so its last bits can vary
+      from run to run (dK and dV do not).
 
 On sm_90 devices (H100, H200) the forward and the D = 128 backward are the wgmma kernels of attention_sm90
 (the same inputs and outputs, built for sm_90a); the mma.sync kernels above serve every other device.
 
 A row with no visible key (causal with T > S) gives a zero output and zero gradients (the composed
-path gives NaN). Memory beyond the inputs is O(B*H*T*D): the packed output, delta and the gradients.
+path gives NaN). Memory beyond the inputs is O(B*H*T*D): the output, log-sum-exp, delta and the gradients.
 `flash_attention` is the autograd entry; functional.scaled_dot_product_attention calls it on CUDA
 devices for the cases `covers` accepts and composes primitive ops otherwise.
 """
@@ -35,14 +34,7 @@ from ..function import Function
 from ..lazy import LazyBuffer
 from . import attention_sm90 as sm90
 
-PAD = 8          # extra words per row of the packed forward output (the log-sum-exp and zeros)
 LOG2E = 1.4426950408889634
-
-
-def _round(x: np.ndarray, dtype: DType) -> np.ndarray:
-  """float64 values rounded to `dtype`, as float64."""
-  if dtype is dtypes.bfloat16: return bf16_to_f32(f32_to_bf16(x.astype(np.float32))).astype(np.float64)
-  return x.astype(dtype.np).astype(np.float64)
 
 
 def _scores(q, k, h_of_kv, scale):
@@ -78,7 +70,7 @@ class _Attention(CustomKernel):
   def _defines(self) -> str:
     if self.dtype not in (dtypes.bfloat16, dtypes.float16) or self.d not in (64, 128):
       raise NotImplementedError(f"{self.name}: CUDA kernels take bfloat16/float16 with D 64 or 128, got {self.dtype.name} D={self.d}")
-    defs = {"BATCH": self.b, "H": self.h, "HKV": self.hkv, "T": self.t, "S": self.s, "D": self.d, "DP": self.d + 8, "DW": self.d + PAD,
+    defs = {"H": self.h, "HKV": self.hkv, "T": self.t, "S": self.s, "D": self.d, "DP": self.d + 8,
             "CAUSAL": int(self.causal), "SCALE": f"{self.scale!r}f", "SCALE_LOG2": f"{self.scale * LOG2E!r}f", "MMA_T": self._mma_t(),
             "IS_BF16": int(self.dtype is dtypes.bfloat16)}
     return "".join(f"#define {k} {v}\n" for k, v in defs.items())
@@ -99,23 +91,12 @@ class AttentionForward(_Attention):
     l = p.sum(-1, keepdims=True)
     o = np.einsum("bhts,bhsd->bhtd", p / np.where(seen, l, 1), v[:, self._kv_head()])
     lse = np.where(seen, m + np.log(np.where(seen, l, 1)), np.inf)[..., 0]
-    out = np.zeros((self.b, self.h, self.t, self.d + PAD))
-    out[..., :self.d] = o
-    hi = _round(lse, self.dtype)
-    fin = np.isfinite(lse)
-    mid = _round(np.where(fin, lse - np.where(fin, hi, 0), 0), self.dtype)
-    out[..., self.d], out[..., self.d + 1] = hi, mid
-    out[..., self.d + 2] = _round(np.where(fin, lse - np.where(fin, hi + mid, 0), 0), self.dtype)
-    return out
+    return o, lse
 
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
     grid = ((self.t + self.BM - 1) // self.BM, self.b * self.h, 1)
-    if _hopper(arch):
-      bn = sm90.BN_FWD
-      src = (HEADER + self._defines() + f"#define BM {self.BM}\n#define BN {bn}\n" + COMMON + sm90.COMMON90
-             + sm90.helpers(self._mma_t(), self.d, bn) + sm90.FORWARD90.replace("@NAME@", fname))
-      return Rendered(src, grid, (256, 1, 1), 1023 + (self.BM + 4 * bn) * self.d * 2, "sm_90a")
+    if _hopper(arch): return sm90.render_forward(self, fname, grid, HEADER + self._defines() + COMMON)
     src = HEADER + self._defines() + f"#define BM {self.BM}\n#define BN {self.BN}\n" + COMMON + FORWARD.replace("@NAME@", fname)
     smem = (self.BM + 4 * self.BN) * (self.d + 8) * 2
     return Rendered(src, grid, (256, 1, 1), smem)
@@ -128,15 +109,11 @@ class AttentionBackward(_Attention):
   @property
   def BM(self): return 32 if self.d == 128 else 64
 
-  def sizes(self):
-    """Elements of dQ and of each of dK, dV in the flat output."""
-    return self.b * self.h * self.t * self.d, self.b * self.hkv * self.s * self.d
-
-  def reference(self, q, k, v, do, packed, delta):
+  def reference(self, q, k, v, do, lse, delta):
     hk, rows = self._kv_head(), (self.b, self.h, self.t)
     q, k, v = self._shaped(q, k, v)
     do = do.reshape(rows + (self.d,)).astype(np.float64)
-    lse = packed.reshape(rows + (self.d + PAD,))[..., self.d:self.d + 3].astype(np.float64).sum(-1)
+    lse = lse.reshape(rows).astype(np.float64)
     s = _scores(q, k, hk, self.scale)
     p = np.where(_visible(self.t, self.s, self.causal), np.exp(s - lse[..., None]), 0)
     dp = np.einsum("bhtd,bhsd->bhts", do, v[:, hk])
@@ -145,32 +122,28 @@ class AttentionBackward(_Attention):
     group = lambda x: x.reshape(self.b, self.hkv, self.h // self.hkv, self.s, self.d).sum(2)
     dk = group(np.einsum("bhts,bhtd->bhsd", ds, q)) * self.scale
     dv = group(np.einsum("bhts,bhtd->bhsd", p, do))
-    return np.concatenate([dq.reshape(-1), dk.reshape(-1), dv.reshape(-1)])
+    return dq, dk, dv
 
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
-    nq, _ = self.sizes()
+    zero = self.b * self.h * self.t * self.d * 4   # dQ, accumulated atomically
     grid = ((self.s + self.BN - 1) // self.BN, self.b * self.hkv, 1)
     if _hopper(arch) and self.d == 128:
-      bm, bn = sm90.BM_BWD, self.BN
-      src = (HEADER + self._defines() + f"#define BM {bm}\n#define BN {bn}\n" + COMMON + sm90.COMMON90
-             + sm90.helpers(self._mma_t(), self.d, sm90.BN_FWD) + sm90.BACKWARD90.replace("@NAME@", fname))
-      smem = 1023 + (2 * bn + 4 * bm) * self.d * 2 + bn * bm * 2 + 2 * bm * PAD * 2 + 2 * bm * 4
-      return Rendered(src, grid, (256, 1, 1), smem, "sm_90a", zero_output=nq * 4)
+      return sm90.render_backward(self, fname, grid, HEADER + self._defines() + COMMON, zero)
     bm, bn, dp = self.BM, self.BN, self.d + 8
     src = HEADER + self._defines() + f"#define BM {bm}\n#define BN {bn}\n" + COMMON + BACKWARD.replace("@NAME@", fname)
-    smem = 2 * bn * dp * 2 + 4 * bm * dp * 2 + bn * (bm + 8) * 2 + 2 * bm * PAD * 2 + 2 * bm * 4
-    return Rendered(src, grid, (256, 1, 1), smem, zero_output=nq * 4)
+    smem = 2 * bn * dp * 2 + 4 * bm * dp * 2 + bn * (bm + 8) * 2 + 4 * bm * 4
+    return Rendered(src, grid, (256, 1, 1), smem, zero_output=zero)
 
 
 class AttentionDelta(_Attention):
-  """delta = rowsum(dO * O) (B, H, T) float32 from the output gradient and the packed forward output:
+  """delta = rowsum(dO * O) (B, H, T) float32 from the output gradient and the output:
   one warp per row."""
   name = "attention_delta"
 
-  def reference(self, do, packed):
+  def reference(self, do, o):
     rows = (self.b, self.h, self.t)
-    o = packed.reshape(rows + (self.d + PAD,))[..., :self.d].astype(np.float64)
+    o = o.reshape(rows + (self.d,)).astype(np.float64)
     return (do.reshape(rows + (self.d,)).astype(np.float64) * o).sum(-1)
 
   def render_cuda(self, fname: str, arch: str):
@@ -186,21 +159,17 @@ class FlashAttention(Function):
     hkv, s = k.shape[1], k.shape[2]
     self.q, self.k, self.v, self.dtype = q, k, v, q.dtype
     self.args = (b, h, hkv, t, s, d, causal, scale, q.dtype)
-    self.packed = LazyBuffer.custom(AttentionForward(*self.args), [q, k, v], (b, h, t, d + PAD), q.dtype)
-    return self.packed.shrink(((0, b), (0, h), (0, t), (0, d)))
+    self.out, self.lse = LazyBuffer.custom(AttentionForward(*self.args), [q, k, v], [((b, h, t, d), q.dtype), ((b, h, t), dtypes.float32)])
+    return self.out
 
   def backward(self, g: LazyBuffer):
     b, h, hkv, t, s, d = self.args[:6]
     g = g.cast(self.dtype)
-    delta = LazyBuffer.custom(AttentionDelta(*self.args), [g, self.packed], (b, h, t), dtypes.float32)
-    kern = AttentionBackward(*self.args)
-    nq, nkv = kern.sizes()
-    flat = LazyBuffer.custom(kern, [self.q, self.k, self.v, g, self.packed, delta], (nq + 2 * nkv,), dtypes.float32)
-    part = lambda lo, n, shape: flat.shrink(((lo, lo + n),)).reshape(shape).cast(self.dtype)
-    dq = part(0, nq, (b, h, t, d)) if self.needs_input_grad[0] else None
-    dk = part(nq, nkv, (b, hkv, s, d)) if self.needs_input_grad[1] else None
-    dv = part(nq + nkv, nkv, (b, hkv, s, d)) if self.needs_input_grad[2] else None
-    return dq, dk, dv
+    [delta] = LazyBuffer.custom(AttentionDelta(*self.args), [g, self.out], [((b, h, t), dtypes.float32)])
+    kv = ((b, hkv, s, d), self.dtype)
+    dq32, dk, dv = LazyBuffer.custom(AttentionBackward(*self.args), [self.q, self.k, self.v, g, self.lse, delta],
+                                     [((b, h, t, d), dtypes.float32), kv, kv])
+    return tuple(g if need else None for g, need in zip((dq32.cast(self.dtype), dk, dv), self.needs_input_grad))
 
 
 def covers(q, k, v, attn_mask=None, scale=None) -> bool:
@@ -255,15 +224,6 @@ static __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 #endif
   return r;
 }
-static __device__ __forceinline__ unsigned short to_word(float x) {
-  unsigned short r;
-#if IS_BF16
-  asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(r) : "f"(x));
-#else
-  asm("cvt.rn.f16.f32 %0, %1;\n" : "=h"(r) : "f"(x));
-#endif
-  return r;
-}
 static __device__ __forceinline__ float from_word(unsigned short w) {
 #if IS_BF16
   return __uint_as_float(((unsigned)w) << 16);
@@ -271,19 +231,8 @@ static __device__ __forceinline__ float from_word(unsigned short w) {
   float f; asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(w)); return f;
 #endif
 }
-// the tail (words D..D+7) of a packed forward row: the log-sum-exp of a row with sum lt and max mx (log2
-// units) as three words whose sum is it to about fp32 precision, then zeros; +inf marks a row with no key
-static __device__ __forceinline__ void store_lse(unsigned short* tail, float lt, float mx) {
-  unsigned short w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  if (lt > 0.f) {
-    const float lse = (mx + __log2f(lt)) * LN2;
-    w[0] = to_word(lse);
-    const float r1 = lse - from_word(w[0]);
-    w[1] = to_word(r1);
-    w[2] = to_word(r1 - from_word(w[1]));
-  } else w[0] = to_word(INFINITY);
-  *(uint4*)tail = *(const uint4*)w;
-}
+// the natural log-sum-exp of a row with sum lt and max mx (log2 units); +inf marks a row with no key
+static __device__ __forceinline__ float row_lse(float lt, float mx) { return lt > 0.f ? (mx + __log2f(lt)) * LN2 : INFINITY; }
 // p[0] += x, p[1] += y in device memory (one vector atomic from sm_90 on)
 static __device__ __forceinline__ void red_add2(float* p, float x, float y) {
 #if __CUDA_ARCH__ >= 900
@@ -305,7 +254,7 @@ template <int ROWS> static __device__ __forceinline__ void load_rows(unsigned sh
 """
 
 FORWARD = r"""
-extern "C" __global__ void __launch_bounds__(NT) @NAME@(unsigned short* __restrict__ out, const unsigned short* __restrict__ q,
+extern "C" __global__ void __launch_bounds__(NT) @NAME@(unsigned short* __restrict__ out, float* __restrict__ lse, const unsigned short* __restrict__ q,
                                                         const unsigned short* __restrict__ k, const unsigned short* __restrict__ v) {
   extern __shared__ __align__(16) unsigned short smem[];
   unsigned short* Qs = smem;
@@ -318,7 +267,7 @@ extern "C" __global__ void __launch_bounds__(NT) @NAME@(unsigned short* __restri
   const unsigned short* qp = q + (long long)bh * T * D;
   const unsigned short* kp = k + ((long long)b * HKV + hk) * S * D;
   const unsigned short* vp = v + ((long long)b * HKV + hk) * S * D;
-  unsigned short* op = out + (long long)bh * T * DW;
+  unsigned short* op = out + (long long)bh * T * D;
   int nblocks = (S + BN - 1) / BN;
   if (CAUSAL) { const int last = m0 + BM - 1 + S - T; nblocks = min(nblocks, last < 0 ? 0 : last / BN + 1); }
   load_rows<BM>(Qs, qp, m0, T);
@@ -409,10 +358,10 @@ extern "C" __global__ void __launch_bounds__(NT) @NAME@(unsigned short* __restri
     const int row = m0 + r0 + gr + hh * 8;
     if (row >= T) continue;
     const float inv = lt > 0.f ? 1.f / lt : 0.f;
-    unsigned short* orow = op + (long long)row * DW;
+    unsigned short* orow = op + (long long)row * D;
     #pragma unroll
     for (int j = 0; j < D / 8; j++) *(unsigned*)(orow + j * 8 + tq * 2) = pack2(o[j][2 * hh] * inv, o[j][2 * hh + 1] * inv);
-    if (tq == 0) store_lse(orow + D, lt, mx[hh]);
+    if (tq == 0) lse[(long long)bh * T + row] = row_lse(lt, mx[hh]);
   }
 }
 """
@@ -421,24 +370,24 @@ BACKWARD = r"""
 #define SP (BM + 8)
 #define QW (BM / 16)          // warps along the query rows of a dQ tile
 #define DQW (D * QW / 8)      // dQ columns per warp
-extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ out, const unsigned short* __restrict__ q,
-    const unsigned short* __restrict__ k, const unsigned short* __restrict__ v, const unsigned short* __restrict__ dout,
-    const unsigned short* __restrict__ fwd, const float* __restrict__ delta) {
+extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ dq_all, unsigned short* __restrict__ dk_all,
+    unsigned short* __restrict__ dv_all, const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,
+    const unsigned short* __restrict__ v, const unsigned short* __restrict__ dout, const float* __restrict__ lse,
+    const float* __restrict__ delta) {
   extern __shared__ __align__(16) unsigned short smem[];
   unsigned short* Ks = smem;
   unsigned short* Vs = Ks + BN * DP;
   unsigned short* Qs = Vs + BN * DP;                 // 2 stages
   unsigned short* dOs = Qs + 2 * BM * DP;            // 2 stages
   unsigned short* dSs = dOs + 2 * BM * DP;           // BN x SP: dS^T of this tile
-  unsigned short* Lw = dSs + BN * SP;                // 2 stages of BM x 8 words: the packed rows' tails
-  float* Dl = (float*)(Lw + 2 * BM * 8);             // 2 stages of BM deltas
+  float* Ll = (float*)(dSs + BN * SP);               // 2 stages of BM log-sum-exps
+  float* Dl = Ll + 2 * BM;                           // 2 stages of BM deltas
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
   const int bhk = blockIdx.y, b = bhk / HKV, hk = bhk % HKV;
   const int n0 = blockIdx.x * BN, kr = warp * 16;
   const long long kvoff = (long long)bhk * S * D;
-  float* dq_all = out;
-  float* dk_out = out + (long long)BATCH * H * T * D + kvoff;
-  float* dv_out = out + (long long)BATCH * H * T * D + (long long)BATCH * HKV * S * D + kvoff;
+  unsigned short* dk_out = dk_all + kvoff;
+  unsigned short* dv_out = dv_all + kvoff;
   const int mfirst = CAUSAL ? max(0, n0 - (S - T)) / BM : 0;
   const int nm = (T + BM - 1) / BM;
   const int per_head = nm - mfirst > 0 ? nm - mfirst : 0;
@@ -451,7 +400,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ o
     load_rows<BM>(dOs + st * BM * DP, dout + (long long)bh * T * D, m0, T);
     for (int r = threadIdx.x; r < BM; r += NT) {
       const bool ok = m0 + r < T;
-      cp_async16(sm_addr(Lw + (st * BM + r) * 8), ok ? fwd + ((long long)bh * T + m0 + r) * DW + D : fwd + D, ok ? 16 : 0);
+      cp_async4(sm_addr(Ll + st * BM + r), ok ? lse + (long long)bh * T + m0 + r : lse, ok ? 4 : 0);
       cp_async4(sm_addr(Dl + st * BM + r), ok ? delta + (long long)bh * T + m0 + r : delta, ok ? 4 : 0);
     }
   };
@@ -495,8 +444,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ o
       #pragma unroll
       for (int c = 0; c < 2; c++) {
         const int qc = j * 8 + tq * 2 + c;
-        const unsigned short* w = Lw + (st * BM + qc) * 8;
-        const float lse2 = (from_word(w[0]) + from_word(w[1]) + from_word(w[2])) * 1.4426950408889634f;
+        const float lse2 = Ll[st * BM + qc] * 1.4426950408889634f;
         const float dl = Dl[st * BM + qc];
         #pragma unroll
         for (int hh = 0; hh < 2; hh++) {
@@ -565,8 +513,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ o
     if (key >= S) continue;
     #pragma unroll
     for (int jd = 0; jd < D / 8; jd++) {
-      *(float2*)(dk_out + (long long)key * D + jd * 8 + tq * 2) = make_float2(dk[jd][2 * hh] * SCALE, dk[jd][2 * hh + 1] * SCALE);
-      *(float2*)(dv_out + (long long)key * D + jd * 8 + tq * 2) = make_float2(dv[jd][2 * hh], dv[jd][2 * hh + 1]);
+      *(unsigned*)(dk_out + (long long)key * D + jd * 8 + tq * 2) = pack2(dk[jd][2 * hh] * SCALE, dk[jd][2 * hh + 1] * SCALE);
+      *(unsigned*)(dv_out + (long long)key * D + jd * 8 + tq * 2) = pack2(dv[jd][2 * hh], dv[jd][2 * hh + 1]);
     }
   }
 }
@@ -574,14 +522,14 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ o
 
 DELTA = r"""
 extern "C" __global__ void __launch_bounds__(NT) @NAME@(float* __restrict__ out, const unsigned short* __restrict__ dout,
-                                                        const unsigned short* __restrict__ fwd) {
+                                                        const unsigned short* __restrict__ out_o) {
   const long long row = blockIdx.x * 8LL + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= @ROWS@) return;
   float acc = 0.f;
   #pragma unroll
   for (int c = lane * 2; c < D; c += 64) {
-    const unsigned g = *(const unsigned*)(dout + row * D + c), o = *(const unsigned*)(fwd + row * DW + c);
+    const unsigned g = *(const unsigned*)(dout + row * D + c), o = *(const unsigned*)(out_o + row * D + c);
     acc += from_word(g & 0xffff) * from_word(o & 0xffff) + from_word(g >> 16) * from_word(o >> 16);
   }
   #pragma unroll

@@ -3,22 +3,26 @@ them on sm_90 devices): the products run on wgmma, asynchronous warpgroup matrix
 from shared memory, with fp32 accumulators in registers.
 
 Tiles are stored as the 128-byte swizzle lays them out: D/64 panels of `rows` x 64 elements, each row 128
-bytes whose 16-byte chunks are permuted by the row's index mod 8. cp.async copies place the chunks (no
-tensor maps, which custom kernels do not get). The same tile serves as a K-major operand (contracting over D)
-and as an MN-major one (contracting over its rows), as wgmma's descriptors can describe both.
+bytes whose 16-byte chunks are permuted by the row's index mod 8. The copy engine (TMA, tensor maps of
+64-column boxes) or cp.async copies place them. The same tile serves as a K-major operand (contracting over
+D) and as an MN-major one (contracting over its rows), as wgmma's descriptors can describe both.
 
-  forward: one block of two warpgroups per 128 query rows (64 each); K and V tiles of 128 keys in two
-    stages; S = Q K^T from shared memory, the online softmax in registers, and O += P V with P taken straight
-    from the registers (wgmma's register-A form: the accumulator layout of S is the A fragment layout).
+  forward: one block per 128 query rows: a producer warpgroup (one thread) copies Q, then K and V tiles of
+    128 keys into two stages (mbarriers: full when landed, empty when both consumers are done), and two
+    consumer warpgroups of 64 rows each compute S = Q K^T from shared memory, the online softmax in
+    registers, and O += P V with P straight from the registers (wgmma's register-A form: the accumulator
+    layout of S is the A fragment layout). Each consumer issues S of tile n together with P V of tile n - 1,
+    and the two take turns (named barriers), so one's softmax runs while the other's products do.
   backward: one block of two warpgroups per 128 keys (64 each), looping over 64-row query tiles of every head
     of the group (two stages): S^T = K Q^T and dP^T = V dO^T, then dV += P^T dO and dK += dS^T Q with P^T and
     dS^T from registers; dS^T goes to shared memory for dQ = dS K (warpgroup w takes D columns
     [64w, 64w + 64)), added into the output with float32 vector atomics.
-Both read and write the same buffers as the mma.sync kernels.
+Both take and give the same buffers as the mma.sync kernels.
 """
 from __future__ import annotations
 
 BN_FWD = 128   # keys per forward tile
+STAGES_FWD = 3 # K / V tiles in flight in the forward
 BM_BWD = 64    # query rows per backward tile
 
 
@@ -51,13 +55,10 @@ COMMON90 = r"""
 #define WG_FENCE() asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory")
 #define WG_COMMIT() asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory")
 #define WG_WAIT0() asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory")
+#define WG_WAIT1() asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory")
 #define PROXY_FENCE() asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory")
 // byte offset of element (r, c) of a 128-byte-swizzled tile of ROWS rows
 #define SWZ(r, c, ROWS) ((((c) >> 6) * (ROWS) + (r)) * 128 + (((((c) >> 3) & 7) ^ ((r) & 7)) << 4) + ((c) & 7) * 2)
-// a shared-memory matrix descriptor with the 128-byte swizzle
-static __device__ __forceinline__ unsigned long long sdesc(unsigned addr, unsigned lbo, unsigned sbo) {
-  return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
-}
 // K-major operand: k-step ks (16 elements of D) of the rows starting at row0 of a tile of ROWS rows
 #define KDESC(base, ROWS, row0, ks) sdesc((base) + ((ks) >> 2) * (ROWS) * 128 + (row0) * 128 + ((ks) & 3) * 32, 16, 1024)
 // MN-major operand: k-step kk (16 rows) of a tile of ROWS rows, starting at D column 64 * panel
@@ -74,43 +75,61 @@ template <int ROWS> static __device__ __forceinline__ void load_tile(unsigned sm
 """
 
 FORWARD90 = r"""
-extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(unsigned short* __restrict__ out, const unsigned short* __restrict__ q,
-                                                           const unsigned short* __restrict__ k, const unsigned short* __restrict__ v) {
+// barriers in shared memory: Q landed, K / V of a stage landed, a stage free again (both consumers done with it)
+#define FULL_Q (bars)
+#define FULL_K(s) (bars + 8 + 8 * (s))
+#define FULL_V(s) (bars + 8 + 8 * (ST + (s)))
+#define EMPTY(s) (bars + 8 + 8 * (2 * ST + (s)))
+// keep values in registers across this point (the compiler must not move their reads or writes past it)
+#define KEEP_F(x, n) _Pragma("unroll") for (int i_ = 0; i_ < (n); i_++) asm volatile("" : "+f"((x)[i_]) :: "memory")
+#define KEEP_R(x, n) _Pragma("unroll") for (int i_ = 0; i_ < (n); i_++) asm volatile("" : "+r"((x)[i_ / 4][i_ % 4]) :: "memory")
+extern "C" __global__ void __launch_bounds__(384, 1) @NAME@(unsigned short* __restrict__ out, float* __restrict__ lse,
+    const unsigned short* __restrict__ q, const unsigned short* __restrict__ k, const unsigned short* __restrict__ v,
+    const __grid_constant__ TmaDesc tmQ, const __grid_constant__ TmaDesc tmK, const __grid_constant__ TmaDesc tmV) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const unsigned sQ = (sm_addr(smem_raw) + 1023) & ~1023u, sK = sQ + BM * D * 2, sV = sK + 2 * BN * D * 2;
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
+  const unsigned sQ = (sm_addr(smem_raw) + 1023) & ~1023u, sK = sQ + BM * D * 2, sV = sK + ST * BN * D * 2;
+  const unsigned bars = sV + ST * BN * D * 2;
   const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / (H / HKV);
   const int m0 = (gridDim.x - 1 - blockIdx.x) * BM;   // the longest causal rows first
-  const int r0 = wg * 64 + warp * 16;                 // this warp's first row in the tile
-  const unsigned short* qp = q + (long long)bh * T * D;
-  const unsigned short* kp = k + ((long long)b * HKV + hk) * S * D;
-  const unsigned short* vp = v + ((long long)b * HKV + hk) * S * D;
-  unsigned short* op = out + (long long)bh * T * DW;
   int nblocks = (S + BN - 1) / BN;
   if (CAUSAL) { const int last = m0 + BM - 1 + S - T; nblocks = min(nblocks, last < 0 ? 0 : last / BN + 1); }
-  load_tile<BM>(sQ, qp, m0, T);
-  if (nblocks > 0) { load_tile<BN>(sK, kp, 0, S); load_tile<BN>(sV, vp, 0, S); }
-  cp_commit();
+  if (threadIdx.x == 0) {
+    mbar_init(FULL_Q, 1);
+    for (int s = 0; s < ST; s++) { mbar_init(FULL_K(s), 1); mbar_init(FULL_V(s), 1); mbar_init(EMPTY(s), 8); }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  if (threadIdx.x < 128) {   // producer warpgroup: one thread issues the copies
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+    if (threadIdx.x == 0) {
+      mbar_expect(FULL_Q, BM * D * 2);
+      #pragma unroll
+      for (int p = 0; p < D / 64; p++) tma3(sQ + p * BM * 128, &tmQ, FULL_Q, 64 * p, m0, bh);
+      for (int n = 0; n < nblocks; n++) {
+        const int s = n % ST;
+        mbar_wait(EMPTY(s), ((n / ST) & 1) ^ 1);
+        mbar_expect(FULL_K(s), BN * D * 2);
+        #pragma unroll
+        for (int p = 0; p < D / 64; p++) tma3(sK + s * BN * D * 2 + p * BN * 128, &tmK, FULL_K(s), 64 * p, n * BN, b * HKV + hk);
+        mbar_expect(FULL_V(s), BN * D * 2);
+        #pragma unroll
+        for (int p = 0; p < D / 64; p++) tma3(sV + s * BN * D * 2 + p * BN * 128, &tmV, FULL_V(s), 64 * p, n * BN, b * HKV + hk);
+      }
+    }
+    return;
+  }
+  // two consumer warpgroups of 64 query rows; they take turns on the tensor cores (named barriers 1 and 2):
+  // one issues its products while the other computes its softmax
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+  const int wg = (threadIdx.x >> 7) - 1, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
+  const int r0 = wg * 64 + warp * 16;                 // this warp's first row in the tile
+  unsigned short* op = out + (long long)bh * T * D;
   float o[D / 2], mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   #pragma unroll
   for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-  for (int n = 0; n < nblocks; n++) {
-    cp_wait<0>();
-    PROXY_FENCE();
-    __syncthreads();
-    if (n + 1 < nblocks) {   // the other stage was last read in iteration n - 1, which every thread has finished
-      const unsigned st = ((n + 1) & 1) * BN * D * 2;
-      load_tile<BN>(sK + st, kp, (n + 1) * BN, S);
-      load_tile<BN>(sV + st, vp, (n + 1) * BN, S);
-    }
-    cp_commit();
-    const unsigned Kc = sK + (n & 1) * BN * D * 2, Vc = sV + (n & 1) * BN * D * 2;
-    float s[BN / 2];
-    WG_FENCE();
-    #pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) wg_qk(s, KDESC(sQ, BM, wg * 64, ks), KDESC(Kc, BN, 0, ks), ks);
-    WG_COMMIT();
-    WG_WAIT0();
+  unsigned p[BN / 16][4];
+  // scores of tile n -> masked, exponentiated in place against the running max; alpha rescales what came before
+  auto softmax = [&](float (&sc)[BN / 2], int n, float (&alpha)[2]) {
     const int n0 = n * BN;
     if (n0 + BN > S || (CAUSAL && n0 + BN - 1 > m0 + wg * 64 + S - T)) {
       #pragma unroll
@@ -118,43 +137,90 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(unsigned short* __res
         #pragma unroll
         for (int e = 0; e < 4; e++) {
           const int key = n0 + j * 8 + tq * 2 + (e & 1), row = m0 + r0 + gr + (e >> 1) * 8;
-          if (key >= S || (CAUSAL && key > row + S - T)) s[4 * j + e] = -INFINITY;
+          if (key >= S || (CAUSAL && key > row + S - T)) sc[4 * j + e] = -INFINITY;
         }
     }
     #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
       float rm = -INFINITY;
       #pragma unroll
-      for (int j = 0; j < BN / 8; j++) rm = fmaxf(rm, fmaxf(s[4 * j + 2 * hh], s[4 * j + 2 * hh + 1]));
+      for (int j = 0; j < BN / 8; j++) rm = fmaxf(rm, fmaxf(sc[4 * j + 2 * hh], sc[4 * j + 2 * hh + 1]));
       rm = fmaxf(rm, __shfl_xor_sync(0xffffffffu, rm, 1));
       rm = fmaxf(rm, __shfl_xor_sync(0xffffffffu, rm, 2));
       const float mnew = fmaxf(mx[hh], rm * SCALE_LOG2);
       const float base = mnew == -INFINITY ? 0.f : mnew;
-      const float alpha = ex2(mx[hh] - base);
+      alpha[hh] = ex2(mx[hh] - base);
       mx[hh] = mnew;
-      l[hh] *= alpha;
-      #pragma unroll
-      for (int j = 0; j < D / 8; j++) { o[4 * j + 2 * hh] *= alpha; o[4 * j + 2 * hh + 1] *= alpha; }
+      l[hh] *= alpha[hh];
       #pragma unroll
       for (int j = 0; j < BN / 8; j++) {
-        s[4 * j + 2 * hh] = ex2(fmaf(s[4 * j + 2 * hh], SCALE_LOG2, -base));
-        s[4 * j + 2 * hh + 1] = ex2(fmaf(s[4 * j + 2 * hh + 1], SCALE_LOG2, -base));
-        l[hh] += s[4 * j + 2 * hh] + s[4 * j + 2 * hh + 1];
+        sc[4 * j + 2 * hh] = ex2(fmaf(sc[4 * j + 2 * hh], SCALE_LOG2, -base));
+        sc[4 * j + 2 * hh + 1] = ex2(fmaf(sc[4 * j + 2 * hh + 1], SCALE_LOG2, -base));
+        l[hh] += sc[4 * j + 2 * hh] + sc[4 * j + 2 * hh + 1];
       }
     }
-    unsigned p[BN / 16][4];
+  };
+  auto pack = [&](const float (&sc)[BN / 2]) {
     #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
-      p[kk][0] = pack2(s[8 * kk], s[8 * kk + 1]); p[kk][1] = pack2(s[8 * kk + 2], s[8 * kk + 3]);
-      p[kk][2] = pack2(s[8 * kk + 4], s[8 * kk + 5]); p[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
+      p[kk][0] = pack2(sc[8 * kk], sc[8 * kk + 1]); p[kk][1] = pack2(sc[8 * kk + 2], sc[8 * kk + 3]);
+      p[kk][2] = pack2(sc[8 * kk + 4], sc[8 * kk + 5]); p[kk][3] = pack2(sc[8 * kk + 6], sc[8 * kk + 7]);
     }
+  };
+  auto scores = [&](float (&sc)[BN / 2], int s) {   // S = Q K^T, issued
     WG_FENCE();
     #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wg_pv(o, p[kk], MDESC(Vc, BN, 0, kk), 1);
+    for (int ks = 0; ks < D / 16; ks++) wg_qk(sc, KDESC(sQ, BM, wg * 64, ks), KDESC(sK + s * BN * D * 2, BN, 0, ks), ks);
     WG_COMMIT();
+  };
+  auto accumulate = [&](int n) {   // O += P V for tile n, issued once its V has landed
+    const int s = n % ST;
+    mbar_wait(FULL_V(s), (n / ST) & 1);
+    #pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wg_pv(o, p[kk], MDESC(sV + s * BN * D * 2, BN, 0, kk), 1);
+    WG_COMMIT();
+  };
+  if (wg == 1) bar_arrive(1, 256);   // warpgroup 0 goes first
+  mbar_wait(FULL_Q, 0);
+  if (nblocks > 0) {
+    float sc[BN / 2], alpha[2];
+    mbar_wait(FULL_K(0), 0);
+    bar_sync(1 + wg, 256);
+    scores(sc, 0);
+    bar_arrive(2 - wg, 256);
     WG_WAIT0();
+    KEEP_F(sc, BN / 2);
+    softmax(sc, 0, alpha);
+    pack(sc);
   }
-  cp_wait<0>();
+  for (int n = 1; n < nblocks; n++) {   // S of tile n on the tensor cores with O += P V of tile n - 1 behind it
+    const int s = n % ST;
+    float sc[BN / 2], alpha[2];
+    mbar_wait(FULL_K(s), (n / ST) & 1);
+    bar_sync(1 + wg, 256);
+    scores(sc, s);
+    accumulate(n - 1);
+    bar_arrive(2 - wg, 256);
+    WG_WAIT1();
+    KEEP_F(sc, BN / 2);
+    softmax(sc, n, alpha);
+    WG_WAIT0();
+    KEEP_F(o, D / 2);
+    KEEP_R(p, BN / 4);
+    if (lane == 0) mbar_arrive(EMPTY((n - 1) % ST));   // tile n - 1 is done: its stage goes back to the producer
+    #pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+      o[4 * j] *= alpha[0]; o[4 * j + 1] *= alpha[0]; o[4 * j + 2] *= alpha[1]; o[4 * j + 3] *= alpha[1];
+    }
+    pack(sc);
+  }
+  if (nblocks > 0) {   // the last tile's O += P V
+    WG_FENCE();
+    accumulate(nblocks - 1);
+    WG_WAIT0();
+    KEEP_F(o, D / 2);
+  }
+  if (wg == 0) bar_sync(1, 256);   // the other warpgroup's last turn
   #pragma unroll
   for (int hh = 0; hh < 2; hh++) {
     float lt = l[hh];
@@ -163,31 +229,31 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(unsigned short* __res
     const int row = m0 + r0 + gr + hh * 8;
     if (row >= T) continue;
     const float inv = lt > 0.f ? 1.f / lt : 0.f;
-    unsigned short* orow = op + (long long)row * DW;
+    unsigned short* orow = op + (long long)row * D;
     #pragma unroll
     for (int j = 0; j < D / 8; j++) *(unsigned*)(orow + j * 8 + tq * 2) = pack2(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
-    if (tq == 0) store_lse(orow + D, lt, mx[hh]);
+    if (tq == 0) lse[(long long)bh * T + row] = row_lse(lt, mx[hh]);
   }
 }
 """
 
 BACKWARD90 = r"""
-extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ out, const unsigned short* __restrict__ q,
-    const unsigned short* __restrict__ k, const unsigned short* __restrict__ v, const unsigned short* __restrict__ dout,
-    const unsigned short* __restrict__ fwd, const float* __restrict__ delta) {
+extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ dq_all, unsigned short* __restrict__ dk_all,
+    unsigned short* __restrict__ dv_all, const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,
+    const unsigned short* __restrict__ v, const unsigned short* __restrict__ dout, const float* __restrict__ lse,
+    const float* __restrict__ delta) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const unsigned sK = (sm_addr(smem_raw) + 1023) & ~1023u, sV = sK + BN * D * 2;
   const unsigned sQ = sV + BN * D * 2, sdO = sQ + 2 * BM * D * 2;   // 2 stages each
   const unsigned sdS = sdO + 2 * BM * D * 2;                       // dS^T: BN rows of BM queries (BM = 64: one panel)
-  unsigned short* Lw = (unsigned short*)(smem_raw + (sdS + BN * BM * 2 - sm_addr(smem_raw)));   // 2 stages of BM x 8 words
-  float* Dl = (float*)(Lw + 2 * BM * 8);                                                        // 2 stages of BM deltas
+  float* Ll = (float*)(smem_raw + (sdS + BN * BM * 2 - sm_addr(smem_raw)));   // 2 stages of BM log-sum-exps
+  float* Dl = Ll + 2 * BM;                                                      // 2 stages of BM deltas
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
   const int bhk = blockIdx.y, b = bhk / HKV, hk = bhk % HKV;
   const int n0 = blockIdx.x * BN, kr = wg * 64 + warp * 16;   // this warp's first key in the tile
   const long long kvoff = (long long)bhk * S * D;
-  float* dq_all = out;
-  float* dk_out = out + (long long)BATCH * H * T * D + kvoff;
-  float* dv_out = out + (long long)BATCH * H * T * D + (long long)BATCH * HKV * S * D + kvoff;
+  unsigned short* dk_out = dk_all + kvoff;
+  unsigned short* dv_out = dv_all + kvoff;
   const int mfirst = CAUSAL ? max(0, n0 - (S - T)) / BM : 0;
   const int nm = (T + BM - 1) / BM;
   const int per_head = nm - mfirst > 0 ? nm - mfirst : 0;
@@ -200,7 +266,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ o
     load_tile<BM>(sdO + st * BM * D * 2, dout + (long long)bh * T * D, m0, T);
     for (int r = threadIdx.x; r < BM; r += NT) {
       const bool ok = m0 + r < T;
-      cp_async16(sm_addr(Lw + (st * BM + r) * 8), ok ? fwd + ((long long)bh * T + m0 + r) * DW + D : fwd + D, ok ? 16 : 0);
+      cp_async4(sm_addr(Ll + st * BM + r), ok ? lse + (long long)bh * T + m0 + r : lse, ok ? 4 : 0);
       cp_async4(sm_addr(Dl + st * BM + r), ok ? delta + (long long)bh * T + m0 + r : delta, ok ? 4 : 0);
     }
   };
@@ -234,8 +300,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ o
       #pragma unroll
       for (int c = 0; c < 2; c++) {
         const int qc = j * 8 + tq * 2 + c;
-        const unsigned short* w = Lw + (st * BM + qc) * 8;
-        const float lse2 = (from_word(w[0]) + from_word(w[1]) + from_word(w[2])) * 1.4426950408889634f;
+        const float lse2 = Ll[st * BM + qc] * 1.4426950408889634f;
         const float dl = Dl[st * BM + qc];
         #pragma unroll
         for (int hh = 0; hh < 2; hh++) {
@@ -298,9 +363,37 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ o
     if (key >= S) continue;
     #pragma unroll
     for (int j = 0; j < D / 8; j++) {
-      *(float2*)(dk_out + (long long)key * D + j * 8 + tq * 2) = make_float2(dk[4 * j + 2 * hh] * SCALE, dk[4 * j + 2 * hh + 1] * SCALE);
-      *(float2*)(dv_out + (long long)key * D + j * 8 + tq * 2) = make_float2(dv[4 * j + 2 * hh], dv[4 * j + 2 * hh + 1]);
+      *(unsigned*)(dk_out + (long long)key * D + j * 8 + tq * 2) = pack2(dk[4 * j + 2 * hh] * SCALE, dk[4 * j + 2 * hh + 1] * SCALE);
+      *(unsigned*)(dv_out + (long long)key * D + j * 8 + tq * 2) = pack2(dv[4 * j + 2 * hh], dv[4 * j + 2 * hh + 1]);
     }
   }
 }
 """
+
+
+def render_forward(kern, fname: str, grid, head: str):
+  """The forward kernel for AttentionForward `kern` (`head`: its defines and the shared prelude): a producer
+  warpgroup and two consumers, q / k / v read through tensor maps of (D, rows, heads) boxes of 64 columns."""
+  from ..codegen.cuda import Rendered, TensorMap
+  from ..codegen.cuda_wgmma import HOPPER, tma_fn
+  b, h, hkv, t, s, d, bm = kern.b, kern.h, kern.hkv, kern.t, kern.s, kern.d, kern.BM
+  dt = kern.dtype.name
+  maps = (TensorMap(2, dt, (d, t, b * h), (d, t * d), (64, bm, 1), 0),    # arguments: out, lse, q, k, v
+          TensorMap(3, dt, (d, s, b * hkv), (d, s * d), (64, BN_FWD, 1), 0),
+          TensorMap(4, dt, (d, s, b * hkv), (d, s * d), (64, BN_FWD, 1), 0))
+  src = (head + f"#define BM {bm}\n#define BN {BN_FWD}\n#define ST {STAGES_FWD}\n" + HOPPER + tma_fn(3) + COMMON90
+         + helpers(kern._mma_t(), d, BN_FWD) + FORWARD90.replace("@NAME@", fname))
+  smem = 1023 + (bm + 2 * STAGES_FWD * BN_FWD) * d * 2 + 8 * (1 + 3 * STAGES_FWD)
+  return Rendered(src, grid, (384, 1, 1), smem, "sm_90a", tmaps=maps)
+
+
+def render_backward(kern, fname: str, grid, head: str, zero: int):
+  """The D = 128 backward kernel for AttentionBackward `kern` (`head`: its defines and the shared prelude;
+  `zero`: bytes of dQ cleared before each launch)."""
+  from ..codegen.cuda import Rendered
+  from ..codegen.cuda_wgmma import HOPPER
+  bn, d = kern.BN, kern.d
+  src = (head + f"#define BM {BM_BWD}\n#define BN {bn}\n" + HOPPER + COMMON90 + helpers(kern._mma_t(), d, BN_FWD)
+         + BACKWARD90.replace("@NAME@", fname))
+  smem = 1023 + (2 * bn + 4 * BM_BWD) * d * 2 + bn * BM_BWD * 2 + 4 * BM_BWD * 4
+  return Rendered(src, grid, (256, 1, 1), smem, "sm_90a", zero_output=zero)

@@ -126,14 +126,15 @@ class TakeRows(Function):
     v, d = table.shape
     n = idx.size
     self.idx, self.v, self.dtype = idx.reshape((n,)), v, table.dtype
-    out = LazyBuffer.custom(GatherRows(n, v, d, table.dtype, idx.dtype), [table, self.idx], (n, d), table.dtype)
+    [out] = LazyBuffer.custom(GatherRows(n, v, d, table.dtype, idx.dtype), [table, self.idx], [((n, d), table.dtype)])
     return out.reshape(idx.shape + (d,))
 
   def backward(self, g: LazyBuffer):
     d = g.shape[-1]
     n = g.size // d
     kern = ScatterAddRows(n, self.v, d, g.dtype, self.idx.dtype)
-    return LazyBuffer.custom(kern, [g.reshape((n, d)), self.idx], (self.v, d), dtypes.float32).cast(self.dtype), None
+    [grad] = LazyBuffer.custom(kern, [g.reshape((n, d)), self.idx], [((self.v, d), dtypes.float32)])
+    return grad.cast(self.dtype), None
 
 
 def take_rows(table, idx):

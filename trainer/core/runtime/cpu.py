@@ -48,10 +48,10 @@ class CPURuntime(HostRuntime):
       from .interp import InterpRuntime
       self.compile = InterpRuntime(name).compile   # type: ignore[method-assign]
 
-  def compile_custom(self, kernel, name: str, out, inputs):
-    if not hasattr(kernel, "render_c"): return super().compile_custom(kernel, name, out, inputs)
+  def compile_custom(self, kernel, name: str, outs, inputs):
+    if not hasattr(kernel, "render_c"): return super().compile_custom(kernel, name, outs, inputs)
     fn = getattr(compile_c(kernel.render_c(name)), name)
-    fn.restype, fn.argtypes = None, [ctypes.c_void_p] * (1 + len(inputs))
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p] * (len(outs) + len(inputs))
     return Program(fn, name)
 
   def compile(self, kernel, name: str):

@@ -14,7 +14,7 @@ its buffers (codegen/cuda.TensorMap): they are encoded (cuTensorMapEncodeTiled) 
 at each launch or bind. Kernels that need another target than the device's own (sm_90a for wgmma) say so.
 """
 from __future__ import annotations
-import ctypes, ctypes.util, glob, hashlib, os, shutil, subprocess, sys, tempfile
+import ctypes, ctypes.util, functools, glob, hashlib, os, shutil, subprocess, sys, tempfile
 import numpy as np
 from ..device import Runtime
 
@@ -173,9 +173,9 @@ def load_nvrtc():
     lib.nvrtcCreateProgram.argtypes = [ctypes.POINTER(P), ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, P, P]
     lib.nvrtcCompileProgram.argtypes = [P, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
     lib.nvrtcGetProgramLogSize.argtypes = [P, ctypes.POINTER(S)]
-    lib.nvrtcGetProgramLog.argtypes = [P, ctypes.c_char_p]
+    lib.nvrtcGetProgramLog.argtypes = [P, P]
     lib.nvrtcGetCUBINSize.argtypes = [P, ctypes.POINTER(S)]
-    lib.nvrtcGetCUBIN.argtypes = [P, ctypes.c_char_p]
+    lib.nvrtcGetCUBIN.argtypes = [P, P]
     lib.nvrtcDestroyProgram.argtypes = [ctypes.POINTER(P)]
     lib.nvrtcVersion.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
     lib.nvrtcGetErrorString.argtypes = [ctypes.c_int]
@@ -225,6 +225,18 @@ def compile_cuda(src: str, arch: str = "sm_90", name: str = "kernel.cu") -> byte
   return cubin
 
 
+@functools.lru_cache(maxsize=None)
+def _array_type(ctype, n: int):
+  """ctype * n, made once: each new ctypes array type is a reference cycle the garbage collector must find."""
+  return ctype * n
+
+
+def carray(ctype, values) -> ctypes.Array:
+  """A ctypes array of `values`."""
+  values = list(values)
+  return _array_type(ctype, len(values))(*values)
+
+
 def _nvrtc_compile(src: str, arch: str, name: str) -> bytes:
   lib = load_nvrtc()
   def ok(r, what):
@@ -233,19 +245,20 @@ def _nvrtc_compile(src: str, arch: str, name: str) -> bytes:
   ok(lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), name.encode(), 0, None, None), "nvrtcCreateProgram")
   try:
     opts = [f"--gpu-architecture={arch}", "--std=c++17", "-lineinfo"]
-    arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+    arr = carray(ctypes.c_char_p, [o.encode() for o in opts])
     r = lib.nvrtcCompileProgram(prog, len(opts), arr)
     n = ctypes.c_size_t()
     lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
-    log = ctypes.create_string_buffer(n.value + 1)
-    lib.nvrtcGetProgramLog(prog, log)
+    log = np.zeros(n.value + 1, np.uint8)   # numpy, not ctypes, buffers: a new ctypes array type is garbage in a cycle
+    lib.nvrtcGetProgramLog(prog, log.ctypes.data)
     if r != 0:
-      raise CUDAError(f"NVRTC failed on a generated kernel ({lib.nvrtcGetErrorString(r).decode()}):\n{log.value.decode(errors='replace')[-3000:]}"
+      text = log.tobytes().split(b"\0")[0].decode(errors="replace")
+      raise CUDAError(f"NVRTC failed on a generated kernel ({lib.nvrtcGetErrorString(r).decode()}):\n{text[-3000:]}"
                       f"\n--- source ---\n{_numbered(src)[-6000:]}")
     ok(lib.nvrtcGetCUBINSize(prog, ctypes.byref(n)), "nvrtcGetCUBINSize")
-    buf = ctypes.create_string_buffer(n.value)
-    ok(lib.nvrtcGetCUBIN(prog, buf), "nvrtcGetCUBIN")
-    return buf.raw
+    cubin = np.empty(n.value, np.uint8)
+    ok(lib.nvrtcGetCUBIN(prog, cubin.ctypes.data), "nvrtcGetCUBIN")
+    return cubin.tobytes()
   finally:
     lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
@@ -271,13 +284,13 @@ _current_ctx = [None]
 def encode_tensor_map(tm, handle: int):
   """A CUtensorMap (codegen/cuda.TensorMap over the buffer at `handle`) for a kernel parameter: (the
   ctypes buffer that holds it, its 64-byte aligned address). Out of bounds, copies read zeros and write nothing."""
-  buf = ctypes.create_string_buffer(128 + 64)
+  buf = _array_type(ctypes.c_char, 128 + 64)()
   addr = (ctypes.addressof(buf) + 63) & ~63
   rank = len(tm.dims)
   u64, u32 = ctypes.c_uint64, ctypes.c_uint32
-  dims = (u64 * rank)(*tm.dims)
-  strides = (u64 * max(rank - 1, 1))(*[2 * s for s in tm.strides])
-  box, ones = (u32 * rank)(*tm.box), (u32 * rank)(*([1] * rank))
+  dims = carray(u64, tm.dims)
+  strides = carray(u64, [2 * s for s in tm.strides] or [0])
+  box, ones = carray(u32, tm.box), carray(u32, [1] * rank)
   check(_cuda.cuTensorMapEncodeTiled(addr, CU_TENSOR_MAP_DATA_TYPE[tm.dtype], rank, handle + 2 * tm.offset, dims, strides, box, ones,
                                      0, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, 0),
         f"cuTensorMapEncodeTiled(dims {tm.dims}, strides {tm.strides}, box {tm.box})")
@@ -285,12 +298,12 @@ def encode_tensor_map(tm, handle: int):
 
 
 class Program:
-  """A compiled kernel on one device: launch(out, *inputs) with the launch dimensions chosen by codegen."""
+  """A compiled kernel on one device: launch(*outs, *inputs) with the launch dimensions chosen by codegen."""
   __slots__ = ("rt", "fn", "name", "grid", "block", "smem", "nargs", "zero", "tmaps")
 
   def __init__(self, rt, fn, name, grid, block, smem, nargs, zero=0, tmaps=()):
     self.rt, self.fn, self.name, self.grid, self.block, self.smem, self.nargs = rt, fn, name, grid, block, smem, nargs
-    self.zero = zero     # bytes of the output cleared before each launch
+    self.zero = zero     # bytes of the first output cleared before each launch
     self.tmaps = tmaps   # tensor maps over argument buffers, passed after the buffers
 
   def _params(self, handles):
@@ -300,7 +313,7 @@ class Program:
     for tm in self.tmaps:
       buf, addr = encode_tensor_map(tm, int(handles[tm.arg]))
       vals.append(buf); ptrs.append(addr)
-    arr = (ctypes.c_void_p * len(ptrs))(*ptrs)
+    arr = carray(ctypes.c_void_p, ptrs)
     return vals, arr
 
   def __call__(self, *handles):
@@ -568,11 +581,11 @@ class CUDARuntime(Runtime):
     cubin = compile_cuda(r.src, r.arch or self.arch, f"{name}.cu")
     return self.load(cubin, name, r.grid, r.block, r.smem, 1 + len(kernel.inputs), r.zero_output, r.tmaps)
 
-  def compile_custom(self, kernel, name: str, out, inputs):
-    if not hasattr(kernel, "render_cuda"): return super().compile_custom(kernel, name, out, inputs)
+  def compile_custom(self, kernel, name: str, outs, inputs):
+    if not hasattr(kernel, "render_cuda"): return super().compile_custom(kernel, name, outs, inputs)
     r = kernel.render_cuda(name, self.arch)
     cubin = compile_cuda(r.src, r.arch or self.arch, f"{name}.cu")
-    return self.load(cubin, name, r.grid, r.block, r.smem, 1 + len(inputs), r.zero_output)
+    return self.load(cubin, name, r.grid, r.block, r.smem, len(outs) + len(inputs), r.zero_output, r.tmaps)
 
   def _launch(self, prog: Program, params):
     self._activate()
