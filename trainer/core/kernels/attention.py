@@ -233,6 +233,38 @@ static __device__ __forceinline__ float from_word(unsigned short w) {
 }
 // the natural log-sum-exp of a row with sum lt and max mx (log2 units); +inf marks a row with no key
 static __device__ __forceinline__ float row_lse(float lt, float mx) { return lt > 0.f ? (mx + __log2f(lt)) * LN2 : INFINITY; }
+// the end of a forward kernel for a thread's two rows r and r + 8 (of T, in one head): O = acc / row sum into
+// out (rows of D), and the log-sum-exp; acc(j, e): the accumulator of columns 8 j + 2 tq (e even) or + 1 (e odd),
+// row r + 8 (e >> 1); l, mx: the thread's partial row sums and the row maxima (log2 units)
+template <class Acc> static __device__ __forceinline__ void store_rows(unsigned short* out, float* lse, int r, int tq,
+                                                                      const float (&l)[2], const float (&mx)[2], Acc acc) {
+  #pragma unroll
+  for (int hh = 0; hh < 2; hh++) {
+    float lt = l[hh];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const int row = r + hh * 8;
+    if (row >= T) continue;
+    const float inv = lt > 0.f ? 1.f / lt : 0.f;
+    #pragma unroll
+    for (int j = 0; j < D / 8; j++) *(unsigned*)(out + (long long)row * D + j * 8 + tq * 2) = pack2(acc(j, 2 * hh) * inv, acc(j, 2 * hh + 1) * inv);
+    if (tq == 0) lse[row] = row_lse(lt, mx[hh]);
+  }
+}
+// the query tiles of ROWS rows that the backward block of keys [n0, n0 + BN) of k/v head hk visits: `iters` of
+// them over the query heads of the group, tile `it` of head head(it) from row row0(it) (a causal block skips
+// the tiles that see none of its keys)
+template <int ROWS> struct QueryTiles {
+  int first, per_head, iters, head_0;
+  __device__ QueryTiles(int b, int hk, int n0) {
+    first = CAUSAL ? max(0, n0 - (S - T)) / ROWS : 0;
+    per_head = max((T + ROWS - 1) / ROWS - first, 0);
+    iters = (H / HKV) * per_head;
+    head_0 = b * H + hk * (H / HKV);
+  }
+  __device__ int head(int it) const { return head_0 + it / per_head; }
+  __device__ int row0(int it) const { return (first + it % per_head) * ROWS; }
+};
 // p[0] += x, p[1] += y in device memory (one vector atomic from sm_90 on)
 static __device__ __forceinline__ void red_add2(float* p, float x, float y) {
 #if __CUDA_ARCH__ >= 900
@@ -267,7 +299,6 @@ extern "C" __global__ void __launch_bounds__(NT) @NAME@(unsigned short* __restri
   const unsigned short* qp = q + (long long)bh * T * D;
   const unsigned short* kp = k + ((long long)b * HKV + hk) * S * D;
   const unsigned short* vp = v + ((long long)b * HKV + hk) * S * D;
-  unsigned short* op = out + (long long)bh * T * D;
   int nblocks = (S + BN - 1) / BN;
   if (CAUSAL) { const int last = m0 + BM - 1 + S - T; nblocks = min(nblocks, last < 0 ? 0 : last / BN + 1); }
   load_rows<BM>(Qs, qp, m0, T);
@@ -350,19 +381,7 @@ extern "C" __global__ void __launch_bounds__(NT) @NAME@(unsigned short* __restri
     __syncthreads();
   }
   cp_wait<0>();
-  #pragma unroll
-  for (int hh = 0; hh < 2; hh++) {
-    float lt = l[hh];
-    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-    const int row = m0 + r0 + gr + hh * 8;
-    if (row >= T) continue;
-    const float inv = lt > 0.f ? 1.f / lt : 0.f;
-    unsigned short* orow = op + (long long)row * D;
-    #pragma unroll
-    for (int j = 0; j < D / 8; j++) *(unsigned*)(orow + j * 8 + tq * 2) = pack2(o[j][2 * hh] * inv, o[j][2 * hh + 1] * inv);
-    if (tq == 0) lse[(long long)bh * T + row] = row_lse(lt, mx[hh]);
-  }
+  store_rows(out + (long long)bh * T * D, lse + (long long)bh * T, m0 + r0 + gr, tq, l, mx, [&](int j, int e) { return o[j][e]; });
 }
 """
 
@@ -388,14 +407,11 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ d
   const long long kvoff = (long long)bhk * S * D;
   unsigned short* dk_out = dk_all + kvoff;
   unsigned short* dv_out = dv_all + kvoff;
-  const int mfirst = CAUSAL ? max(0, n0 - (S - T)) / BM : 0;
-  const int nm = (T + BM - 1) / BM;
-  const int per_head = nm - mfirst > 0 ? nm - mfirst : 0;
-  const int iters = (H / HKV) * per_head;
+  const QueryTiles<BM> tiles(b, hk, n0);
   load_rows<BN>(Ks, k + kvoff, n0, S);
   load_rows<BN>(Vs, v + kvoff, n0, S);
   auto prefetch = [&](int it, int st) {
-    const int bh = b * H + hk * (H / HKV) + it / per_head, m0 = (mfirst + it % per_head) * BM;
+    const int bh = tiles.head(it), m0 = tiles.row0(it);
     load_rows<BM>(Qs + st * BM * DP, q + (long long)bh * T * D, m0, T);
     load_rows<BM>(dOs + st * BM * DP, dout + (long long)bh * T * D, m0, T);
     for (int r = threadIdx.x; r < BM; r += NT) {
@@ -404,18 +420,18 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ d
       cp_async4(sm_addr(Dl + st * BM + r), ok ? delta + (long long)bh * T + m0 + r : delta, ok ? 4 : 0);
     }
   };
-  if (iters > 0) prefetch(0, 0);
+  if (tiles.iters > 0) prefetch(0, 0);
   cp_commit();
   float dk[D / 8][4], dv[D / 8][4];
   #pragma unroll
   for (int j = 0; j < D / 8; j++) { dk[j][0] = dk[j][1] = dk[j][2] = dk[j][3] = 0.f; dv[j][0] = dv[j][1] = dv[j][2] = dv[j][3] = 0.f; }
-  for (int it = 0; it < iters; it++) {
-    if (it + 1 < iters) prefetch(it + 1, (it + 1) & 1);
+  for (int it = 0; it < tiles.iters; it++) {
+    if (it + 1 < tiles.iters) prefetch(it + 1, (it + 1) & 1);
     cp_commit();
     cp_wait<1>();
     __syncthreads();
     const int st = it & 1;
-    const int bh = b * H + hk * (H / HKV) + it / per_head, m0 = (mfirst + it % per_head) * BM;
+    const int bh = tiles.head(it), m0 = tiles.row0(it);
     const unsigned short* Qc = Qs + st * BM * DP;
     const unsigned short* dOc = dOs + st * BM * DP;
     // S^T = K Q^T for this warp's 16 keys

@@ -123,7 +123,6 @@ extern "C" __global__ void __launch_bounds__(384, 1) @NAME@(unsigned short* __re
   asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
   const int wg = (threadIdx.x >> 7) - 1, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
   const int r0 = wg * 64 + warp * 16;                 // this warp's first row in the tile
-  unsigned short* op = out + (long long)bh * T * D;
   float o[D / 2], mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   #pragma unroll
   for (int i = 0; i < D / 2; i++) o[i] = 0.f;
@@ -221,19 +220,7 @@ extern "C" __global__ void __launch_bounds__(384, 1) @NAME@(unsigned short* __re
     KEEP_F(o, D / 2);
   }
   if (wg == 0) bar_sync(1, 256);   // the other warpgroup's last turn
-  #pragma unroll
-  for (int hh = 0; hh < 2; hh++) {
-    float lt = l[hh];
-    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-    const int row = m0 + r0 + gr + hh * 8;
-    if (row >= T) continue;
-    const float inv = lt > 0.f ? 1.f / lt : 0.f;
-    unsigned short* orow = op + (long long)row * D;
-    #pragma unroll
-    for (int j = 0; j < D / 8; j++) *(unsigned*)(orow + j * 8 + tq * 2) = pack2(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
-    if (tq == 0) lse[(long long)bh * T + row] = row_lse(lt, mx[hh]);
-  }
+  store_rows(out + (long long)bh * T * D, lse + (long long)bh * T, m0 + r0 + gr, tq, l, mx, [&](int j, int e) { return o[4 * j + e]; });
 }
 """
 
@@ -254,14 +241,11 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ d
   const long long kvoff = (long long)bhk * S * D;
   unsigned short* dk_out = dk_all + kvoff;
   unsigned short* dv_out = dv_all + kvoff;
-  const int mfirst = CAUSAL ? max(0, n0 - (S - T)) / BM : 0;
-  const int nm = (T + BM - 1) / BM;
-  const int per_head = nm - mfirst > 0 ? nm - mfirst : 0;
-  const int iters = (H / HKV) * per_head;
+  const QueryTiles<BM> tiles(b, hk, n0);
   load_tile<BN>(sK, k + kvoff, n0, S);
   load_tile<BN>(sV, v + kvoff, n0, S);
   auto prefetch = [&](int it, int st) {
-    const int bh = b * H + hk * (H / HKV) + it / per_head, m0 = (mfirst + it % per_head) * BM;
+    const int bh = tiles.head(it), m0 = tiles.row0(it);
     load_tile<BM>(sQ + st * BM * D * 2, q + (long long)bh * T * D, m0, T);
     load_tile<BM>(sdO + st * BM * D * 2, dout + (long long)bh * T * D, m0, T);
     for (int r = threadIdx.x; r < BM; r += NT) {
@@ -270,19 +254,19 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ d
       cp_async4(sm_addr(Dl + st * BM + r), ok ? delta + (long long)bh * T + m0 + r : delta, ok ? 4 : 0);
     }
   };
-  if (iters > 0) prefetch(0, 0);
+  if (tiles.iters > 0) prefetch(0, 0);
   cp_commit();
   float dk[D / 2], dv[D / 2];
   #pragma unroll
   for (int i = 0; i < D / 2; i++) dk[i] = dv[i] = 0.f;
-  for (int it = 0; it < iters; it++) {
+  for (int it = 0; it < tiles.iters; it++) {
     cp_wait<0>();
     PROXY_FENCE();
     __syncthreads();   // stage it landed; every thread is done with iteration it - 1 (its stage and dS^T)
-    if (it + 1 < iters) prefetch(it + 1, (it + 1) & 1);
+    if (it + 1 < tiles.iters) prefetch(it + 1, (it + 1) & 1);
     cp_commit();
     const int st = it & 1;
-    const int bh = b * H + hk * (H / HKV) + it / per_head, m0 = (mfirst + it % per_head) * BM;
+    const int bh = tiles.head(it), m0 = tiles.row0(it);
     const unsigned Qc = sQ + st * BM * D * 2, dOc = sdO + st * BM * D * 2;
     // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys
     float s[BM / 2], dp[BM / 2];
