@@ -277,7 +277,7 @@ EPI_DIRECT = r"""
 EPI_TMA = r"""
       const unsigned stg = sC + w * C_BYTES;
       if (t128 == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-      asm volatile("bar.sync %0, 128;" :: "r"(1 + w) : "memory");
+      bar_sync(1 + w, 128);
       #pragma unroll
       for (int j = 0; j < NACC / 4; j++)
         #pragma unroll
@@ -289,7 +289,7 @@ EPI_TMA = r"""
           asm volatile("st.shared.b32 [%0], %1;" :: "r"(addr), "r"(*(const unsigned*)&p) : "memory");
         }
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      asm volatile("bar.sync %0, 128;" :: "r"(1 + w) : "memory");
+      bar_sync(1 + w, 128);
       if (t128 == 0) {
         @STOREC@
         asm volatile("cp.async.bulk.commit_group;" ::: "memory");

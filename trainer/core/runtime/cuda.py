@@ -231,7 +231,7 @@ def _array_type(ctype, n: int):
   return ctype * n
 
 
-def carray(ctype, values) -> ctypes.Array:
+def _carray(ctype, values) -> ctypes.Array:
   """A ctypes array of `values`."""
   values = list(values)
   return _array_type(ctype, len(values))(*values)
@@ -245,7 +245,7 @@ def _nvrtc_compile(src: str, arch: str, name: str) -> bytes:
   ok(lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), name.encode(), 0, None, None), "nvrtcCreateProgram")
   try:
     opts = [f"--gpu-architecture={arch}", "--std=c++17", "-lineinfo"]
-    arr = carray(ctypes.c_char_p, [o.encode() for o in opts])
+    arr = _carray(ctypes.c_char_p, [o.encode() for o in opts])
     r = lib.nvrtcCompileProgram(prog, len(opts), arr)
     n = ctypes.c_size_t()
     lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
@@ -288,9 +288,9 @@ def encode_tensor_map(tm, handle: int):
   addr = (ctypes.addressof(buf) + 63) & ~63
   rank = len(tm.dims)
   u64, u32 = ctypes.c_uint64, ctypes.c_uint32
-  dims = carray(u64, tm.dims)
-  strides = carray(u64, [2 * s for s in tm.strides] or [0])
-  box, ones = carray(u32, tm.box), carray(u32, [1] * rank)
+  dims = _carray(u64, tm.dims)
+  strides = _carray(u64, [2 * s for s in tm.strides] or [0])
+  box, ones = _carray(u32, tm.box), _carray(u32, [1] * rank)
   check(_cuda.cuTensorMapEncodeTiled(addr, CU_TENSOR_MAP_DATA_TYPE[tm.dtype], rank, handle + 2 * tm.offset, dims, strides, box, ones,
                                      0, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, 0),
         f"cuTensorMapEncodeTiled(dims {tm.dims}, strides {tm.strides}, box {tm.box})")
@@ -313,7 +313,7 @@ class Program:
     for tm in self.tmaps:
       buf, addr = encode_tensor_map(tm, int(handles[tm.arg]))
       vals.append(buf); ptrs.append(addr)
-    arr = carray(ctypes.c_void_p, ptrs)
+    arr = _carray(ctypes.c_void_p, ptrs)
     return vals, arr
 
   def __call__(self, *handles):
