@@ -127,3 +127,38 @@ def test_dtype_errors():
   with pytest.raises(TypeError, match="unsupported dtype"): Tensor([1.0]).cast("complex64")
   with pytest.raises(TypeError, match="unsupported dtype"): Tensor(np.array([1 + 2j]))
   with pytest.raises(TypeError, match="float8"): Tensor.zeros(2, dtype="float8")
+
+
+def bf16_nearest(x: np.ndarray) -> np.ndarray:
+  """An independent bit-level bfloat16 reference: of the two bf16 neighbours of each float32 (its upper 16 bits
+  truncated, and the next one out), the nearer in float64, ties to the even one; NaN stays NaN."""
+  u = np.asarray(x, np.float32).view(np.uint32)
+  lo = (u & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)
+  hi_bits = (u & np.uint32(0xFFFF0000)) + np.uint32(0x10000)
+  hi = hi_bits.view(np.float32).astype(np.float64)
+  xd = np.asarray(x, np.float64)
+  with np.errstate(invalid="ignore"):
+    d_lo, d_hi = np.abs(xd - lo), np.abs(hi - xd)
+    lo_even = ((u >> np.uint32(16)) & np.uint32(1)) == 0
+    out = np.where((d_lo < d_hi) | ((d_lo == d_hi) & lo_even), lo, hi)
+  out = np.where(np.isinf(xd), xd, out)
+  return np.where(np.isnan(xd), np.nan, out).astype(np.float32)
+
+
+def test_fused_cast_rounds_as_a_store_would():
+  from trainer.core import realize as R
+  rng = np.random.default_rng(7)
+  e = 2.0 ** -8
+  x = np.concatenate([rng.standard_normal(997).astype(np.float32) * 10,
+                      bits([1 + e, 1 + 3 * e, -(1 + e), 1 + e + 2 ** -20, 3.4e38, 2 ** -130, 65504.0, 7e4, 1e-8])])
+  for dt, ref in (("bfloat16", bf16_nearest), ("float16", lambda v: v.astype(np.float16).astype(np.float32))):
+    before = R.stats["kernels"]
+    y = ((Tensor(x) * 1.0).cast(dt).cast("float32") * 2.0).numpy()   # one kernel: the cast is fused, not stored
+    assert R.stats["kernels"] - before == 1
+    with np.errstate(over="ignore"):
+      np.testing.assert_array_equal(y, ref(x) * np.float32(2.0), err_msg=dt)
+  # a narrowing cast feeding a reduction rounds each element before the sum
+  m = rng.standard_normal((37, 129)).astype(np.float32)
+  got = Tensor(m).cast("bfloat16").cast("float32").sum(-1).numpy()
+  np.testing.assert_allclose(got, bf16_nearest(m).astype(np.float64).sum(-1), rtol=1e-5)
+  assert np.abs(got - m.astype(np.float64).sum(-1)).max() > 1e-3   # the rounding is visible in the result

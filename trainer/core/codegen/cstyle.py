@@ -39,8 +39,10 @@ def literal(value, dt: DType) -> str:
 
 
 def alu_expr(op: Op, dt: DType, src_dtypes, a: list) -> str:
-  if op is Op.CAST:
+  if op is Op.CAST:   # a cast to a narrower float rounds as a store would, also fused inside a kernel
     if dt is dtypes.bool: return f"({a[0]}!=0)"
+    if dt is dtypes.bfloat16: return f"bf2f(f2bf((float){a[0]}))"
+    if dt is dtypes.float16: return f"((float)(half)(float){a[0]})"
     return f"(({ctype(dt)}){a[0]})"
   unary = {Op.NEG: f"(-{a[0]})", Op.RECIP: f"k_recip({a[0]})", Op.SQRT: f"sqrtf({a[0]})", Op.EXP2: f"k_exp2({a[0]})",
            Op.LOG2: f"k_log2({a[0]})", Op.SIN: f"k_sin({a[0]})"}

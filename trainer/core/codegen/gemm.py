@@ -8,6 +8,7 @@ or, for many small products, the batch.
 from __future__ import annotations
 from dataclasses import dataclass
 from ..ops import Op
+from ..dtypes import dtypes
 from ..schedule import Kernel
 from .loops import LoopNest
 from .cstyle import STORAGE, load_expr, store_expr
@@ -30,7 +31,7 @@ def match(k: Kernel, nest: LoopNest) -> Gemm | None:
   if mul.kind is not Op.MUL: return None
   ops = []
   for x in mul.srcs:
-    if x.kind is Op.CAST and x.srcs[0].dtype.is_float: x = x.srcs[0]
+    if x.kind is Op.CAST and x.srcs[0].dtype.is_float and x.dtype is dtypes.float32: x = x.srcs[0]   # exact
     if x.kind != "load" or not x.dtype.is_float or nest.access[id(x)].mask is not None: return None
     ops.append(x)
   (x, y) = ops

@@ -64,6 +64,8 @@ def _alu(op, dt, a):
     x = a[0]
     if dt is dtypes.bool: return x != 0
     if dt.is_int and x.dtype.kind == "f": x = np.trunc(np.nan_to_num(x, nan=0, posinf=0, neginf=0))
+    if dt is dtypes.bfloat16: return bf16_to_f32(f32_to_bf16(x.astype(np.float32)))   # rounds as a store would
+    if dt is dtypes.float16: return x.astype(np.float32).astype(np.float16).astype(np.float32)
     return x.astype(c)
   if op is Op.NEG: return ~a[0] if dt is dtypes.bool else -a[0]
   if op is Op.RECIP: return (np.float32(1) / a[0]).astype(c)
