@@ -31,8 +31,12 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
   train*       global_batch_size*, micro_batch_size*, gradient_accumulation_steps (absent:
                derived so that global = micro * mesh.dp * accumulation; present: must satisfy
                it), seed (0), exactly one of max_samples / max_epochs (a cap on the run),
-               precision with param_dtype, compute_dtype, comm_dtype (float32|bfloat16|float16,
-               all float32 by default)
+               precision with param_dtype (master weights and optimizer state), compute_dtype
+               (the weights and activations matmuls and attention read; no wider than
+               param_dtype), comm_dtype (gradients as they travel) (float32|bfloat16|float16,
+               all float32 by default), recompute none|layer (none: keep every activation for
+               backward; layer: keep each transformer or residual block's input only and
+               recompute its forward in backward)
   eval*        samples*, target*, interval_samples (llama, required) or interval_epochs
                (resnet, required) with offset_epochs (epochs trained before the first
                evaluation; 0, the default, means interval_epochs). Quality: llama log
@@ -206,6 +210,7 @@ class TrainConfig:
     max_samples: Optional[int] = None
     max_epochs: Optional[float] = None
     precision: Precision = Precision()
+    recompute: Literal["none", "layer"] = "none"
 
 
 @dataclass(frozen=True)
@@ -573,6 +578,8 @@ def _validate_resnet(cfg):
     m = cfg.model
     _require(m.num_classes >= 2, f"'model.num_classes' must be >= 2, got {m.num_classes}")
     _require(cfg.mesh.tp == 1, "resnet has no tensor parallelism; set mesh.tp: 1")
+    _require(cfg.train.recompute == "none", "train.recompute: layer is for llama recipes (a recomputed block would "
+             "update batch norm's running statistics twice); set it to none")
     if m.variant == "tiny":
         _require(len(m.blocks) > 0 and len(m.blocks) == len(m.widths),
                  "model variant tiny needs model.blocks and model.widths of the same, non-zero length")
@@ -613,6 +620,9 @@ def _validate_train(train):
     _exactly_one("train", max_samples=train.max_samples, max_epochs=train.max_epochs)
     cap = train.max_samples if train.max_samples is not None else train.max_epochs
     _positive("train.max_samples" if train.max_samples is not None else "train.max_epochs", cap)
+    p, size = train.precision, {"float32": 4, "bfloat16": 2, "float16": 2}
+    _require(size[p.compute_dtype] <= size[p.param_dtype],
+             f"train.precision.compute_dtype {p.compute_dtype} is wider than param_dtype {p.param_dtype}")
 
 
 def _validate_eval(cfg):

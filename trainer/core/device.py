@@ -5,6 +5,11 @@ runtime object that implements the small Runtime interface below. Several CPU de
 Environment: TRAINER_DEVICE sets the default device (default CPU:0); TRAINER_CPU_BACKEND=interp
 makes the CPU devices use the numpy interpreter instead of compiled C. `set_cpu_backend` switches it
 at run time (tests run every op on both): CPU runtimes made after the call use the chosen backend.
+TRAINER_MEMORY_LIMIT=BYTES caps the memory of live buffers on every device (a test aid: it makes an
+out-of-memory error happen on purpose).
+
+Every Buffer counts its bytes on its runtime (`in_use`, and the most ever, `peak_in_use`), so peaks are
+measured the same way on every backend; an allocation that does not fit raises OutOfMemoryError.
 """
 from __future__ import annotations
 import itertools, os
@@ -12,9 +17,31 @@ import numpy as np
 from .dtypes import DType, to_storage
 
 
+class OutOfMemoryError(MemoryError):
+  """An allocation that does not fit on a device; `what` names the buffer's use where the caller knows it."""
+  def __init__(self, device: str, nbytes: int, in_use: int, limit: int | None = None, what: str = ""):
+    super().__init__(device, nbytes)
+    self.device, self.nbytes, self.in_use, self.limit, self.what = device, nbytes, in_use, limit, what
+
+  def __str__(self) -> str:
+    cap = f" of {format_bytes(self.limit)}" if self.limit else ""
+    return (f"out of memory on {self.device}: {format_bytes(self.nbytes)}{' for ' + self.what if self.what else ''} "
+            f"with {format_bytes(self.in_use)}{cap} in use")
+
+
+def format_bytes(n: float) -> str:
+  for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if abs(n) >= size: return f"{n / size:.2f} {unit}"
+  return f"{int(n)} B"
+
+
+MEMORY_LIMIT = int(os.environ.get("TRAINER_MEMORY_LIMIT", "0")) or None   # bytes of live buffers per device
+
+
 class Runtime:
   """What a backend provides. Handles are opaque to everything above this layer."""
   name: str
+  in_use = peak_in_use = 0   # bytes of live Buffers (counted by Buffer), and the most ever
   def alloc(self, nbytes: int): raise NotImplementedError
   def free(self, handle): pass
   def copyin(self, handle, data: np.ndarray): raise NotImplementedError        # host -> device
@@ -46,12 +73,18 @@ class Buffer:
   """Memory for `size` elements of `dtype` on `device`; `uid` names it for its whole life (ids get reused)."""
   def __init__(self, device: str, size: int, dtype: DType):
     self.device, self.size, self.dtype, self.uid = device, size, dtype, next(_uids)
-    self.runtime = get_runtime(device)
+    rt = self.runtime = get_runtime(device)
     self.nbytes = size * dtype.itemsize
-    self.handle = self.runtime.alloc(self.nbytes)
+    if MEMORY_LIMIT is not None and rt.in_use + self.nbytes > MEMORY_LIMIT:
+      raise OutOfMemoryError(device, self.nbytes, rt.in_use, MEMORY_LIMIT)
+    self.handle = rt.alloc(self.nbytes)
+    rt.in_use += self.nbytes
+    if rt.in_use > rt.peak_in_use: rt.peak_in_use = rt.in_use
 
   def __del__(self):
-    if getattr(self, "handle", None) is not None: self.runtime.free(self.handle)
+    if getattr(self, "handle", None) is not None:
+      self.runtime.free(self.handle)
+      self.runtime.in_use -= self.nbytes
 
   def copyin(self, arr: np.ndarray) -> Buffer:
     data = to_storage(arr, self.dtype).reshape(-1)

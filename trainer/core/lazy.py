@@ -1,9 +1,11 @@
 """The lazy graph. A LazyBuffer is a node: either a *base* (an op that produces a contiguous array of
 its shape) or a *view* of a base (movement ops only change the View). Nothing is computed until the
 scheduler (schedule.py) is asked to realize a node; then it gets a device Buffer and its op is done.
+Every node carries its creation number (`seq`): the scheduler runs kernels in the order the program
+made their outputs, which is the order eager execution would have run them.
 """
 from __future__ import annotations
-import math, weakref
+import itertools, math, weakref
 import numpy as np
 from .ops import Op, ALU, COMPARE
 from .dtypes import DType, dtypes
@@ -11,11 +13,15 @@ from .view import View
 from .custom import CustomCall
 
 
+_created = itertools.count()
+
+
 class LazyBuffer:
-  __slots__ = ("device", "dtype", "shape", "op", "srcs", "arg", "buffer", "__weakref__")
+  __slots__ = ("device", "dtype", "shape", "op", "srcs", "arg", "buffer", "seq", "__weakref__")
 
   def __init__(self, device: str, dtype: DType, shape: tuple, op: Op, srcs=(), arg=None, buffer=None):
     self.device, self.dtype, self.shape, self.op, self.srcs, self.arg, self.buffer = device, dtype, tuple(shape), op, tuple(srcs), arg, buffer
+    self.seq = next(_created)
 
   def __repr__(self): return f"<LB {self.op.name} {self.shape} {self.dtype.name} {self.device}{' realized' if self.realized else ''}>"
 

@@ -1,34 +1,43 @@
-"""Counter-based random numbers: threefry2x32 (20 rounds) keyed by the seed, applied to a counter.
+"""Counter-based random numbers: threefry2x32 (20 rounds) keyed by the seed, applied to a 64-bit counter.
 
-Each device keeps its counter in a one-element device buffer that every draw advances in place, so a
-JIT-replayed step draws fresh numbers, the same seed gives the same stream, and a checkpoint can save
-and restore the state (`get_state` / `set_state`). One counter value per element: the stream of a
-seed has 2**32 numbers per device before it repeats.
+Each device keeps its counter (two uint32 words, low then high) in a device buffer that every draw
+advances in place, so a JIT-replayed step draws fresh numbers, the same seed gives the same stream, and a
+checkpoint can save and restore the state (`get_state` / `set_state`). Element i of a draw gets counter
+value base + i, where base is the counter when the draw was made: the draw copies the counter (a tiny
+kernel) and moves it on, and the bits themselves stay lazy, computed from per-axis index ramps where a
+kernel reads them. So a draw needs no buffer of its own size, and a slice of it (a tensor-parallel
+shard) computes only its own elements.
 """
 from __future__ import annotations
+import math
 import numpy as np
 from .dtypes import dtypes
 from .device import canonical
 
 _seed = 0
-_counters: dict = {}   # device -> Tensor (uint32, shape (1,))
+_counters: dict = {}   # device -> Tensor (uint32, shape (2,): low word, high word)
+draws = 0              # draws made so far in this process (recompute checks that a region makes none)
 ROT = ((13, 15, 26, 6), (17, 29, 16, 24))
+MASK = 0xFFFFFFFF
 
 
 def manual_seed(seed: int):
   global _seed
-  _seed = int(seed) & 0xFFFFFFFF
+  _seed = int(seed) & MASK
   _counters.clear()
 
 
 def get_state() -> dict:
-  return {"seed": _seed, "counters": {d: int(c.numpy()[0]) for d, c in _counters.items()}}
+  def value(c):
+    lo, hi = (int(w) for w in c.numpy())
+    return lo | hi << 32
+  return {"seed": _seed, "counters": {d: value(c) for d, c in _counters.items()}}
 
 
 def set_state(state: dict):
   manual_seed(state["seed"])
   from .tensor import Tensor
-  for d, v in state["counters"].items(): _counters[d] = Tensor(np.array([v], np.uint32), device=d)
+  for d, v in state["counters"].items(): _counters[d] = Tensor(np.array([v & MASK, v >> 32], np.uint32), device=d)
 
 
 def counter_tensors(): return list(_counters.values())
@@ -36,7 +45,7 @@ def counter_tensors(): return list(_counters.values())
 
 def _counter(device):
   from .tensor import Tensor
-  if device not in _counters: _counters[device] = Tensor(np.zeros(1, np.uint32), device=device)
+  if device not in _counters: _counters[device] = Tensor(np.zeros(2, np.uint32), device=device)
   return _counters[device]
 
 
@@ -45,34 +54,53 @@ def _rotl(x, r): return (x << r) | (x >> (32 - r))
 
 def threefry(x0, x1, k0: int, k1: int):
   """threefry2x32-20 of the counter pair (x0, x1) (uint32 tensors) with key (k0, k1)."""
-  ks = (k0, k1, (k0 ^ k1 ^ 0x1BD11BDA) & 0xFFFFFFFF)
+  ks = (k0, k1, (k0 ^ k1 ^ 0x1BD11BDA) & MASK)
   x0, x1 = x0 + ks[0], x1 + ks[1]
   for block in range(5):
     for r in ROT[block % 2]:
       x0 = x0 + x1; x1 = _rotl(x1, r) ^ x0
-    x0 = x0 + ks[(block + 1) % 3]; x1 = x1 + (ks[(block + 2) % 3] + block + 1) & 0xFFFFFFFF
+    x0 = x0 + ks[(block + 1) % 3]; x1 = x1 + (ks[(block + 2) % 3] + block + 1) & MASK
   return x0, x1
 
 
-def random_bits(n: int, device: str):
+def _linear_index(shape, device):
+  """The row-major element number at every position of `shape`, as uint32, from one small ramp per axis."""
   from .tensor import Tensor, _ramp
+  idx, stride = Tensor.full(shape, 0, dtype=dtypes.uint32, device=device), 1
+  for a in reversed(range(len(shape))):
+    if shape[a] > 1:
+      ramp = _ramp(shape[a], device).cast(dtypes.uint32).reshape([shape[a] if i == a else 1 for i in range(len(shape))])
+      idx = idx + (ramp * stride if stride > 1 else ramp).expand(shape)
+    stride *= shape[a]
+  return idx
+
+
+def random_bits(shape, device: str):
+  """uint32 random words of `shape`: the next prod(shape) values of the device's stream."""
+  global draws
+  from .tensor import Tensor
+  n = math.prod(shape)
+  if n > MASK: raise ValueError(f"random draw of {n} elements: one draw takes at most 2**32 - 1")
   ctr = _counter(device)
-  idx = _ramp(n, device).cast(dtypes.uint32) + ctr.expand(n)
-  key = (_seed * 0x9E3779B9 + 0x7F4A7C15) & 0xFFFFFFFF
-  bits, _ = threefry(idx, Tensor.full((n,), 0, dtype=dtypes.uint32, device=device), _seed, key)
-  bits.realize()                       # draws are eager: the counter moves on right after
-  ctr.assign(ctr + n).realize()
+  base = (ctr + 0).realize()           # the counter as it is now; the bits below are lazy
+  lo = ctr[0:1] + n
+  ctr.assign(Tensor.cat([lo, ctr[1:2] + (lo < n).cast(dtypes.uint32)])).realize()
+  draws += 1
+  idx = _linear_index(tuple(shape), device)
+  x0 = idx + base[0:1].reshape((1,) * len(shape)).expand(shape)
+  x1 = base[1:2].reshape((1,) * len(shape)).expand(shape) + (x0 < idx).cast(dtypes.uint32)   # carry into the high word
+  key = (_seed * 0x9E3779B9 + 0x7F4A7C15) & MASK
+  bits, _ = threefry(x0, x1, _seed, key)
   return bits
 
 
 def uniform(shape, dtype, device, requires_grad=False):
   """Floats in [0, 1): the top 24 bits of each random word."""
   from .tensor import Tensor
-  import math
   n = math.prod(shape)
   if n == 0: return Tensor(np.zeros(shape, np.float32), device=device, dtype=dtype)
   device = canonical(device)
-  bits = random_bits(n, device)
-  u = ((bits >> 8).cast(dtypes.int32).cast(dtypes.float32) * (1.0 / (1 << 24))).reshape(shape).cast(dtype).detach()
+  bits = random_bits(tuple(shape), device)
+  u = ((bits >> 8).cast(dtypes.int32).cast(dtypes.float32) * (1.0 / (1 << 24))).cast(dtype).detach()
   u.requires_grad = requires_grad
   return u

@@ -2,7 +2,7 @@
 While a JIT capture is active every launch is also recorded for replay (see jit.py)."""
 from __future__ import annotations
 import math
-from .device import Buffer, get_runtime
+from .device import Buffer, OutOfMemoryError, get_runtime
 from .ops import Op
 from .schedule import create_schedule, Kernel, CopyItem, CustomItem, CollectiveItem
 from .lazy import LazyBuffer
@@ -44,6 +44,13 @@ def realize(*lbs: LazyBuffer):
 
 
 def run_item(item):
+  try: _run_item(item)
+  except OutOfMemoryError as e:
+    if not e.what: e.what = describe(item) if isinstance(item, (Kernel, CustomItem)) else type(item).__name__
+    raise
+
+
+def _run_item(item):
   ins = [b.buffer for b in item.inputs]
   if isinstance(item, CollectiveItem):
     outs = [Buffer(d, math.prod(shape), dt) for d, dt, shape in item.plan.out_specs()]

@@ -2,8 +2,11 @@
 
 A kernel computes one output buffer from an expression tree (a UOp AST) whose leaves are loads of
 realized buffers (each through a View in the kernel's loop space) and constants. The rules:
-  * Elementwise ops fuse: a node read at the same index by its consumer is inlined (also when several
-    kernels read it: recomputing costs reads, materialising costs memory that backward keeps alive).
+  * Elementwise ops fuse: a node read at the same index by its consumer is inlined; one that several
+    kernels read is computed once (materialised) when it reads more than SHARED_LEAVES buffers. An
+    inlined node keeps every buffer it reads alive until its last reader runs, so without the bound a
+    chain such as the residual stream (or its gradient) summed over many layers would keep every layer's
+    terms alive to the end and be recomputed, from all of them, by every reader.
   * A node read through another view (permute, pad, shrink, flip, expand) is still inlined when the
     view can be pushed down to its leaves (View.compose), and is selected to 0 outside a pad's mask; otherwise, and when an expanded node would
     be re-computed inside a reduction, it is materialised first.
@@ -24,6 +27,7 @@ from .view import View
 from .dtypes import dtypes
 
 sys.setrecursionlimit(20000)
+SHARED_LEAVES = 4   # buffers a shared elementwise node may read and still be inlined (the residual stream: a few adds)
 
 
 class UOp:
@@ -107,7 +111,7 @@ def _is_contraction(r: LazyBuffer) -> bool:
 class _Builder:
   def __init__(self, targets):
     self.targets = {id(t) for t in targets}
-    self.items, self.done, self.consumers = [], {}, {}
+    self.items, self.done, self.consumers, self.leaf_memo = [], {}, {}, {}
     seen = set()
     stack = list(targets)
     while stack:
@@ -117,6 +121,18 @@ class _Builder:
       for s in n.srcs:
         self.consumers[id(s.base)] = self.consumers.get(id(s.base), 0) + 1
         stack.append(s)
+
+  def leaves(self, node: LazyBuffer) -> frozenset:
+    """The buffers an elementwise node reads when fused (up to realized or non-elementwise nodes)."""
+    got = self.leaf_memo.get(id(node))
+    if got is None:
+      got = frozenset()
+      for s in node.srcs:
+        b = s.base
+        if b.op is Op.CONST: continue
+        got |= self.leaves(b) if b.op in ALU and not b.realized and id(b) not in self.done else {id(b)}
+      self.leaf_memo[id(node)] = got
+    return got
 
   def schedule(self, node: LazyBuffer):
     """Make `node` (a base) a kernel output; schedule what it needs first."""
@@ -179,6 +195,8 @@ class _KernelBuilder:
     if base.op in ALU:
       if not identity and in_reduce and any(st == 0 and s > 1 for s, st in zip(view.shape, view.strides)):
         return self.materialised(base, view)
+      if self.s.consumers.get(id(base), 0) > 1 and len(self.s.leaves(base)) > SHARED_LEAVES:
+        return self.materialised(base, view)
       return self.fuse(base, view, single, in_reduce) or self.materialised(base, view)
     unit_reshape = view.contiguous and [d for d in view.shape if d != 1] == [d for d in base.shape if d != 1]
     if base.op is Op.REDUCE and unit_reshape and single and not in_reduce and self.reduce_shape is None \
@@ -228,7 +246,16 @@ def create_schedule(targets: list[LazyBuffer]) -> list:
   bases = [t.base for t in targets if not t.realized]
   b = _Builder(bases)
   for t in bases: b.schedule(t)
-  return _delay_copies(_order_assigns(b.items))
+  return _delay_copies(_order_assigns(sorted(b.items, key=_created)))
+
+
+def _created(item) -> int:
+  """When the program made the item's output: a kernel's inputs are always made before its output, so this
+  order respects every data dependency, and it is eager execution's order. Between the autograd walk and
+  the order of the targets, depth-first order could keep every layer's output gradient alive until its
+  weight gradient ran; this order runs each weight's gradient right after the layer's backward."""
+  outs = item.outputs if isinstance(item, (CustomItem, CollectiveItem)) else [item.output]
+  return min(o.seq for o in outs if o is not None)
 
 
 def _delay_copies(items: list) -> list:

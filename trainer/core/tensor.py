@@ -181,53 +181,11 @@ class Tensor:
     return Tensor.uniform(*shape, low=-bound, high=bound, **kw)
 
   # ---- autograd ----
-  def _graph_order(self) -> list[Tensor]:
-    """The tensors with an autograd context that self depends on, each after its parents. A loop, not a
-    recursive closure: a closure that calls itself is a reference cycle, and this list would keep every
-    activation of the step alive until the garbage collector happened to run."""
-    if self._ctx is None: return []
-    order, seen, stack = [], {id(self)}, [(self, iter(self._ctx.parents))]
-    while stack:   # depth first, parents in order, each tensor after all of its parents
-      t, parents = stack[-1]
-      p = next(parents, None)
-      if p is None:
-        stack.pop(); order.append(t)
-      elif id(p) not in seen and p._ctx is not None:
-        seen.add(id(p)); stack.append((p, iter(p._ctx.parents)))
-    return order
-
   def backward(self, gradient: Tensor | None = None) -> Tensor:
     if gradient is None:
       if self.numel() != 1: raise ValueError(f"backward() without a gradient needs a scalar, got shape {_shape_str(self.shape)}")
       gradient = Tensor.full(self.shape, 1.0, dtype=self.dtype, device=self.device)
-    order = self._graph_order()
-    if self._ctx is None and self.requires_grad:   # backward on a leaf (e.g. the sum of a 0-d tensor is itself)
-      self.grad = gradient if self.grad is None else self.grad + gradient
-    grads = {id(self): gradient.lazydata}
-    # a context with several outputs (ctx.outputs: weak references, e.g. a collective's) is called once, with the
-    # list of its outputs' gradients (None where one got none), after the last of its outputs in `order`
-    multi = {}
-    for t in order:
-      if hasattr(t._ctx, "outputs"): multi.setdefault(id(t._ctx), [0, [None] * len(t._ctx.outputs)])[0] += 1
-    for t in reversed(order):
-      g, ctx = grads.pop(id(t), None), t._ctx
-      if id(ctx) in multi:
-        waiting = multi[id(ctx)]
-        if g is not None: waiting[1][next(i for i, r in enumerate(ctx.outputs) if r() is t)] = g
-        waiting[0] -= 1
-        g = waiting[1] if waiting[0] == 0 and any(x is not None for x in waiting[1]) else None
-      if g is None: continue
-      gs = ctx.backward(g)
-      if not isinstance(gs, tuple): gs = (gs,)
-      for p, pg in zip(ctx.parents, gs):
-        if pg is None or not p.requires_grad: continue
-        assert pg.shape == p.shape, f"gradient shape {pg.shape} != {p.shape} in {type(ctx).__name__}"
-        if p._ctx is None:   # leaf
-          pt = Tensor(pg)
-          p.grad = pt if p.grad is None else p.grad + pt
-        else:
-          grads[id(p)] = pg if id(p) not in grads else grads[id(p)].alu(Op.ADD, pg)
-      t._ctx = None
+    backward([self], [gradient])
     return self
 
   # ---- elementwise ----
@@ -553,6 +511,61 @@ class Tensor:
     if not Tensor.training or p == 0: return self
     keep = Tensor.rand(*self.shape, device=self.device) >= p
     return keep.where(self * (1.0 / (1 - p)), 0.0)
+
+
+def _graph_order(roots: list[Tensor]) -> list[Tensor]:
+  """The tensors with an autograd context that the roots depend on (the roots included), each after its
+  parents. A loop, not a recursive closure: a closure that calls itself is a reference cycle, and this list
+  would keep every activation of the step alive until the garbage collector happened to run."""
+  order, seen = [], set()
+  for root in roots:
+    if root._ctx is None or id(root) in seen: continue
+    seen.add(id(root))
+    stack = [(root, iter(root._ctx.parents))]
+    while stack:   # depth first, parents in order, each tensor after all of its parents
+      t, parents = stack[-1]
+      p = next(parents, None)
+      if p is None:
+        stack.pop(); order.append(t)
+      elif id(p) not in seen and p._ctx is not None:
+        seen.add(id(p)); stack.append((p, iter(p._ctx.parents)))
+  return order
+
+
+def backward(roots: list[Tensor], gradients: list[Tensor]):
+  """Reverse mode from several roots at once, each with its gradient: leaves get `.grad` (added to what is
+  there), the graph's contexts are released."""
+  order = _graph_order(roots)
+  grads = {}
+  for r, g in zip(roots, gradients):
+    assert g.shape == r.shape, f"gradient of shape {g.shape} for a tensor of shape {r.shape}"
+    if r._ctx is None and r.requires_grad:   # backward on a leaf (e.g. the sum of a 0-d tensor is itself)
+      r.grad = g if r.grad is None else r.grad + g
+    grads[id(r)] = g.lazydata if id(r) not in grads else grads[id(r)].alu(Op.ADD, g.lazydata)
+  # a context with several outputs (ctx.outputs: weak references, e.g. a collective's) is called once, with the
+  # list of its outputs' gradients (None where one got none), after the last of its outputs in `order`
+  multi = {}
+  for t in order:
+    if hasattr(t._ctx, "outputs"): multi.setdefault(id(t._ctx), [0, [None] * len(t._ctx.outputs)])[0] += 1
+  for t in reversed(order):
+    g, ctx = grads.pop(id(t), None), t._ctx
+    if id(ctx) in multi:
+      waiting = multi[id(ctx)]
+      if g is not None: waiting[1][next(i for i, r in enumerate(ctx.outputs) if r() is t)] = g
+      waiting[0] -= 1
+      g = waiting[1] if waiting[0] == 0 and any(x is not None for x in waiting[1]) else None
+    if g is None: continue
+    gs = ctx.backward(g)
+    if not isinstance(gs, tuple): gs = (gs,)
+    for p, pg in zip(ctx.parents, gs):
+      if pg is None or not p.requires_grad: continue
+      assert pg.shape == p.shape, f"gradient shape {pg.shape} != {p.shape} in {type(ctx).__name__}"
+      if p._ctx is None:   # leaf
+        pt = Tensor(pg)
+        p.grad = pt if p.grad is None else p.grad + pt
+      else:
+        grads[id(p)] = pg if id(p) not in grads else grads[id(p)].alu(Op.ADD, pg)
+    t._ctx = None
 
 
 def _shape_arg(shape):

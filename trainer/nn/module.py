@@ -2,11 +2,17 @@
 (Tensors, tensor-parallel Sharded tensors, Modules, and lists/tuples/dicts of them) in definition order, so names come out as in
 PyTorch (`layers.0.self_attn.q_proj.weight`). Attributes whose name starts with `_` are private and
 skipped. A Tensor attribute is a parameter unless its name was registered with `register_buffer`.
+
+`recompute_blocks(model)` marks every block of a model (each module held in a list: the transformer
+layers, the residual blocks) so that calling it runs core.recompute: its activations are recomputed in
+backward instead of kept. The model's code is unchanged.
 """
 from __future__ import annotations
+import functools
 import numpy as np
 from ..core import Tensor, dtypes
 from ..core.ops import Op
+from ..core.recompute import recompute
 from ..core.dtypes import bf16_to_f32, f32_to_bf16
 from ..checkpoint import save_tensors, load_tensors, CheckpointError, TensorData
 
@@ -133,8 +139,21 @@ class Module:
   def zero_grad(self):
     for t in self.parameters(): t.grad = None
 
-  def __call__(self, *args, **kwargs): return self.forward(*args, **kwargs)
+  def __call__(self, *args, **kwargs):
+    if not self.__dict__.get("_recompute"): return self.forward(*args, **kwargs)
+    fn = functools.partial(self.forward, **kwargs) if kwargs else self.forward
+    return recompute(fn, *args, needs_grad=any(p.requires_grad for p in self.parameters()))
   def forward(self, *args, **kwargs): raise NotImplementedError
+
+
+def recompute_blocks(model: Module, enabled: bool = True) -> Module:
+  """Mark (or unmark) every block of `model`, each module held in a list, for activation recompute."""
+  for _, m in model.named_modules():
+    for v in m.__dict__.values():
+      if isinstance(v, (list, tuple)):
+        for block in v:
+          if isinstance(block, Module): block._recompute = enabled
+  return model
 
 
 def _walk_value(name, v, is_buffer):

@@ -5,8 +5,10 @@ records the update kernels and replays them. The learning rate is a device tenso
 (1,), float32): set it from Python each step with `opt.set_lr(v)` and a replayed step reads it.
 Hyperparameters other than the LR (betas, weight decay, momentum) are constants baked into kernels.
 
-Mixed precision: a parameter that is not float32 (e.g. bfloat16) gets an fp32 master copy held by the
-optimizer; the update is applied to the master and its cast is written back to the parameter.
+Mixed precision: `master_dtype` (default float32) is the type of the optimizer's state. A parameter of
+a narrower type (e.g. bfloat16 weights that the matmuls read) gets a master copy in `master_dtype` held
+by the optimizer; the update is computed in float32, applied to the master, and its cast is written back
+to the parameter. Moments (momentum, Adam's m and v) are kept in `master_dtype` too.
 
 `params` is a list of Tensors, a list of (name, Tensor) pairs (e.g. `model.named_parameters()`), or a
 dict; names key the optimizer state in `state_dict()` (index numbers when none are given).
@@ -46,7 +48,7 @@ def clip_grad_norm(params, max_norm: float, eps: float = 1e-6) -> Tensor:
 
 
 class Optimizer:
-  def __init__(self, params, lr: float, master_weights: bool | None = None):
+  def __init__(self, params, lr: float, master_dtype="float32"):
     self.named = _named(params)
     if not self.named: raise ValueError(f"{type(self).__name__}: got no parameters")
     self.params = [p for _, p in self.named]
@@ -56,12 +58,12 @@ class Optimizer:
     dev = self.params[0].device
     self.lr = materialize(Tensor(np.array([lr], np.float32), device=dev), requires_grad=False)
     self.step_count = materialize(Tensor(np.zeros(1, np.float32), device=dev), requires_grad=False)
-    use_master = master_weights if master_weights is not None else any(p.dtype is not dtypes.float32 for p in self.params)
-    self.master = [materialize(p.float(), requires_grad=False) if use_master and p.dtype is not dtypes.float32 else None for p in self.params]
+    self.state_dtype = dtypes.get(master_dtype)
+    self.master = [materialize(p.cast(self.state_dtype), requires_grad=False) if p.dtype.itemsize < self.state_dtype.itemsize else None for p in self.params]
     self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
 
   def _zeros(self, p: Tensor) -> Tensor:
-    return materialize(Tensor.zeros(*p.shape, device=p.device), requires_grad=False)
+    return materialize(Tensor.zeros(*p.shape, device=p.device, dtype=self.state_dtype), requires_grad=False)
 
   def set_lr(self, lr: float):
     """Write a new learning rate into the device tensor `self.lr` (read by the next step, jitted or not)."""
@@ -123,8 +125,8 @@ class Optimizer:
 
 class SGD(Optimizer):
   """torch.optim.SGD (dampening 0): g += wd*w; buf = mu*buf + g; g = g + mu*buf (nesterov) or buf; w -= lr*g."""
-  def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, master_weights=None):
-    super().__init__(params, lr, master_weights)
+  def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, master_dtype="float32"):
+    super().__init__(params, lr, master_dtype)
     if nesterov and momentum <= 0: raise ValueError("SGD: nesterov needs momentum > 0")
     self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
     for i, p in enumerate(self.params): self._init_state(i, p)
@@ -146,8 +148,8 @@ class AdamW(Optimizer):
   w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). `no_decay(name, tensor)` picks parameters
   without weight decay (default: none excluded, as MLPerf's llama31_8b reference)."""
   def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
-               no_decay=None, master_weights=None):
-    super().__init__(params, lr, master_weights)
+               no_decay=None, master_dtype="float32"):
+    super().__init__(params, lr, master_dtype)
     self.b1, self.b2 = betas
     self.eps, self.weight_decay = eps, weight_decay
     self.decay = [not (no_decay and no_decay(n, p)) for n, p in self.named]
@@ -178,8 +180,8 @@ class LARS(Optimizer):
   Then v = momentum*v - scaled_lr*g'; w += v (nesterov: w += momentum*v - scaled_lr*g').
   `skip(name, tensor)` picks skipped parameters; default: every parameter with ndim <= 1."""
   def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4, eta: float = 0.001,
-               epsilon: float = 0.0, nesterov: bool = False, skip=None, master_weights=None):
-    super().__init__(params, lr, master_weights)
+               epsilon: float = 0.0, nesterov: bool = False, skip=None, master_dtype="float32"):
+    super().__init__(params, lr, master_dtype)
     self.momentum, self.weight_decay, self.eta, self.epsilon, self.nesterov = momentum, weight_decay, eta, epsilon, nesterov
     skip = skip or (lambda n, p: p.ndim <= 1)
     self.adapt = [not skip(n, p) for n, p in self.named]

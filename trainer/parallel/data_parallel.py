@@ -1,11 +1,16 @@
 """Data parallelism: one model replica per device of the dp group, each fed its slice of the batch.
 
-After the replicas' backward passes, each gradient is averaged over the replicas with a ring
-all-reduce (in the gradient's own float type), so every replica applies the same update and the
-replicas stay identical. With ZeRO-1 the gradients are flattened into one float32 bucket per replica
-and reduce-scattered instead: replica r keeps the fp32 master weights and optimizer state of only its
-1/dp slice of the flattened parameters, updates that slice, and an all-gather brings the new weights
-back to every replica.
+A step is `zero_grad(accumulate)`, then per micro-batch the replicas' forward and backward followed by
+`micro_batch_done(loss, ...)` (which runs the micro-batch, so its activations are freed before the next
+one), then `step()`. When accumulating, each gradient starts as float32 zeros and every micro-batch's
+gradient is added to it in float32 as backward makes it.
+
+In `step()` each gradient is averaged over the replicas with a ring all-reduce in `comm_dtype` (the
+gradients' own type when None), so every replica applies the same update and the replicas stay
+identical. With ZeRO-1 the gradients are flattened into one `comm_dtype` bucket per replica and
+reduce-scattered instead: replica r keeps the master weights and optimizer state of only its 1/dp slice
+of the flattened parameters, updates that slice, and an all-gather (in the parameters' type) brings the
+new weights back to every replica.
 With tensor parallelism each replica is sharded over its tp group: the replicas' devices of each tp
 rank form their own ring with one bucket per device, after each replicated parameter's gradient has
 been summed over its tp group (tensor_parallel.sync_replicated_grads).
@@ -22,8 +27,12 @@ from .tensor_parallel import param_groups, sync_replicated_grads
 class DataParallel:
   """`models`: one replica per dp rank, each a plain model or one sharded over a tensor-parallel group
   (tensor_parallel.shard_model); the replicas' devices of tp rank r form the all-reduce ring of r."""
-  def __init__(self, models: list, make_optimizer, zero1: bool = False, clip_norm: float | None = None):
+  def __init__(self, models: list, make_optimizer, zero1: bool = False, clip_norm: float | None = None, comm_dtype=None,
+               master_dtype="float32"):
+    """master_dtype: the type of ZeRO-1's weight shards (the optimizer's master weights)."""
     self.models, self.zero1, self.clip_norm = models, zero1, clip_norm
+    self.comm_dtype = dtypes.get(comm_dtype) if comm_dtype is not None else None
+    self.master_dtype = dtypes.get(master_dtype)
     groups = [param_groups(m) for m in models]
     self.replicated = groups[0][1]
     self.ranks = [[g[0][r] for g in groups] for r in range(len(groups[0][0]))]   # [tp rank][replica] -> tensors of one device
@@ -38,7 +47,8 @@ class DataParallel:
     if not zero1:
       self.opts = [make_optimizer(ps) for rank in self.ranks for ps in rank]
       return
-    flat = self._flatten(self.params[0], lambda p: p.detach().float())
+    self.param_dtype = max((p.dtype for p in self.params[0]), key=lambda d: d.itemsize)
+    flat = self._flatten(self.params[0], lambda p: p.detach().cast(self.master_dtype))
     self.bounds = bounds(flat.shape[0], len(models))
     self.shards = [materialize(flat[lo:hi].to(d), requires_grad=True) for (lo, hi), d in zip(self.bounds, self.devices)]
     self.opts = [make_optimizer([s]) for s in self.shards]
@@ -47,11 +57,24 @@ class DataParallel:
   def _flatten(ps, get) -> Tensor:
     return Tensor.cat([get(p).reshape(-1) for p in ps], 0)
 
-  def _grad(self, p, own_dtype: bool = False):
-    """p's gradient (zeros if it has none) in float32, or with own_dtype in its own float type: the all-reduce
-    moves bfloat16 gradients as bfloat16 (half the traffic; the mean is taken in float32 and rounded once per hop)."""
-    if p.grad is None: return Tensor.zeros(*p.shape, device=p.device)
-    return p.grad if own_dtype and p.grad.dtype.is_float else p.grad.float()
+  def _grad(self, p):
+    """p's gradient as it travels (zeros if it has none): in comm_dtype, or its own float type when that is None
+    (bfloat16 moves half the bytes of float32; the mean is taken in float32 and rounded once per hop)."""
+    dt = self.comm_dtype or (p.grad.dtype if p.grad is not None and p.grad.dtype.is_float else dtypes.float32)
+    return Tensor.zeros(*p.shape, device=p.device, dtype=dt) if p.grad is None else p.grad.cast(dt)
+
+  def _all_params(self):
+    return [p for rank in self.ranks for ps in rank for p in ps]
+
+  def zero_grad(self, accumulate: bool = False):
+    """Start a step: no gradients, or with accumulate float32 zeros that each micro-batch's gradients are
+    added to (in backward, right after each is made)."""
+    for p in self._all_params(): p.grad = Tensor.zeros(*p.shape, device=p.device) if accumulate else None
+
+  def micro_batch_done(self, *outputs: Tensor):
+    """Run the micro-batch now: realize every gradient and `outputs` (its loss), so nothing of the
+    micro-batch's graph (activations, logits) is alive when the next one starts."""
+    Tensor.realize_all(*[p.grad for p in self._all_params() if p.grad is not None], *outputs)
 
   def set_lr(self, lr: float):
     for o in self.opts: o.set_lr(lr)
@@ -65,7 +88,7 @@ class DataParallel:
         for rank in self.ranks:
           if len(rank) == 1: continue
           for i in range(len(rank[0])):    # one all-reduce per parameter: no flattening pass over all gradients
-            for ps, g in zip(rank, all_reduce([self._grad(ps[i], own_dtype=True) for ps in rank], "mean")):
+            for ps, g in zip(rank, all_reduce([self._grad(ps[i]) for ps in rank], "mean")):
               ps[i].grad = g.cast(ps[i].dtype if ps[i].dtype.is_float else dtypes.float32)
         if self.clip_norm:
           for d in range(len(self.models)): self._clip([rank[d] for rank in self.ranks])
@@ -75,13 +98,13 @@ class DataParallel:
       buckets = [self._flatten(ps, self._grad) for ps in self.params]
       parts = reduce_scatter(buckets, "mean")
       if self.clip_norm:
-        sq = all_reduce([(g * g).sum().reshape(1) for g in parts], "sum")
+        sq = all_reduce([g.float().square().sum().reshape(1) for g in parts], "sum")
         parts = [g * (self.clip_norm / (s.sqrt() + 1e-6)).minimum(1.0) for g, s in zip(parts, sq)]
       for shard, g, opt in zip(self.shards, parts, self.opts):
         shard.grad = g
         opt.step()
       total = sum(self.sizes)
-      for ps, flat in zip(self.params, all_gather([s.detach() for s in self.shards], (total,))):
+      for ps, flat in zip(self.params, all_gather([s.detach().cast(self.param_dtype) for s in self.shards], (total,))):
         off, new = 0, []
         for p, n in zip(ps, self.sizes):
           new.append(p.assign(flat[off:off + n].reshape(p.shape).cast(p.dtype))); off += n

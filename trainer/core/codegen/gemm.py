@@ -40,6 +40,10 @@ def match(k: Kernel, nest: LoopNest) -> Gemm | None:
   xs = [i for i in range(n_out) if ax.strides[i] and not ay.strides[i]]
   ys = [i for i in range(n_out) if ay.strides[i] and not ax.strides[i]]
   m_ax, n_ax = (xs[-1] if xs else None), (ys[-1] if ys else None)
+  # a sum of products with neither operand broadcast is a batch of dot products (a norm's weight gradient),
+  # not a matrix product: leave it to the reduction kernel, whether or not its operands happen to be loads,
+  # so that its summation order never depends on how the scheduler fused the operands
+  if m_ax is None and n_ax is None: return None
   batch = [(nest.shape[i], ax.strides[i], ay.strides[i], nest.out.strides[i]) for i in range(n_out) if i not in (m_ax, n_ax)]
   st = lambda acc, i: acc.strides[i] if i is not None else 0
   ext = lambda i: nest.shape[i] if i is not None else 1
@@ -49,6 +53,7 @@ def match(k: Kernel, nest: LoopNest) -> Gemm | None:
 
 
 TEMPLATE = r"""
+#pragma GCC optimize("fp-contract=fast")   /* the micro-kernel's multiply-adds (the rest of the graph does not contract) */
 #define MR 6
 #ifdef __AVX512F__
 #define VL 16   /* floats per vector register: 6 x 32 tile in 12 zmm accumulators */

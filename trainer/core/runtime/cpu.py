@@ -1,5 +1,7 @@
 """The CPU runtime: buffers are host memory, kernels are C compiled by the system compiler (`cc`,
 -O3 -march=native, OpenMP for both cores), cached on disk by source hash and loaded with ctypes.
+No multiply-add contraction (-ffp-contract=off): a kernel's values must not depend on where the scheduler
+cut the graph; the matrix product's micro-kernel asks for contraction itself (codegen/gemm.py).
 Without a C compiler it falls back to the numpy interpreter and says so once."""
 from __future__ import annotations
 import ctypes, functools, hashlib, os, shutil, subprocess, tempfile, warnings
@@ -9,7 +11,7 @@ from ..codegen import cpu as cpu_codegen
 
 CC = os.environ.get("CC", "cc")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno", "-fwrapv", "-fno-trapping-math",
-         "-ffp-contract=fast", "-fno-semantic-interposition"]
+         "-ffp-contract=off", "-fno-semantic-interposition"]
 CACHE = os.path.join(os.environ.get("TRAINER_CACHE", os.path.expanduser("~/.cache/trainer")), "cpu")
 _loaded: dict[str, object] = {}
 

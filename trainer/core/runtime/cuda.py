@@ -16,7 +16,7 @@ at each launch or bind. Kernels that need another target than the device's own (
 from __future__ import annotations
 import ctypes, ctypes.util, functools, glob, hashlib, os, shutil, subprocess, sys, tempfile
 import numpy as np
-from ..device import Runtime
+from ..device import Runtime, OutOfMemoryError
 
 CACHE = os.path.join(os.environ.get("TRAINER_CACHE", os.path.expanduser("~/.cache/trainer")), "cuda")
 POOL_BYTES = 8 << 30   # freed device memory kept for reuse, per device
@@ -27,6 +27,7 @@ CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
 CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
 CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+CUDA_ERROR_OUT_OF_MEMORY = 2
 CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704
 CU_STREAM_NON_BLOCKING = 1
 CU_EVENT_DISABLE_TIMING = 2
@@ -208,16 +209,19 @@ def _arch_flag(arch: str) -> str:
   return arch if arch.startswith(("sm_", "compute_")) else f"sm_{arch}"
 
 
-def compile_cuda(src: str, arch: str = "sm_90", name: str = "kernel.cu") -> bytes:
-  """CUDA C -> CUBIN for `arch` (e.g. 'sm_90', 'sm_90a'), cached on disk by source, arch and compiler."""
+def compile_cuda(src: str, arch: str = "sm_90", name: str = "kernel.cu", fmad: bool = True) -> bytes:
+  """CUDA C -> CUBIN for `arch` (e.g. 'sm_90', 'sm_90a'), cached on disk by source, arch and compiler.
+  fmad=False: no multiply-add contraction (kernels of the graph: their values must not depend on where the
+  scheduler cut them, and a product contracted into an add in one kernel but stored in another would)."""
   ver = compiler_version()
   if ver is None: raise CUDAError("no CUDA compiler: neither NVRTC (libnvrtc, e.g. the nvidia-cuda-nvrtc wheel) nor nvcc was found")
   arch = _arch_flag(arch)
-  key = hashlib.sha256(f"{src}\0{arch}\0{ver}".encode()).hexdigest()[:24]
+  key = hashlib.sha256(f"{src}\0{arch}\0{ver}\0{fmad}".encode()).hexdigest()[:24]
   path = os.path.join(CACHE, f"{key}.cubin")
   if os.path.exists(path):
     with open(path, "rb") as f: return f.read()
-  cubin = _nvrtc_compile(src, arch, name) if ver.startswith("nvrtc") else _nvcc_compile(src, arch)
+  flag = f"--fmad={'true' if fmad else 'false'}"
+  cubin = _nvrtc_compile(src, arch, name, flag) if ver.startswith("nvrtc") else _nvcc_compile(src, arch, flag)
   os.makedirs(CACHE, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".cubin", dir=CACHE)
   with os.fdopen(fd, "wb") as f: f.write(cubin)
@@ -237,14 +241,14 @@ def _carray(ctype, values) -> ctypes.Array:
   return _array_type(ctype, len(values))(*values)
 
 
-def _nvrtc_compile(src: str, arch: str, name: str) -> bytes:
+def _nvrtc_compile(src: str, arch: str, name: str, flag: str) -> bytes:
   lib = load_nvrtc()
   def ok(r, what):
     if r != 0: raise CUDAError(f"{what} failed: {lib.nvrtcGetErrorString(r).decode()} ({r})")
   prog = ctypes.c_void_p()
   ok(lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), name.encode(), 0, None, None), "nvrtcCreateProgram")
   try:
-    opts = [f"--gpu-architecture={arch}", "--std=c++17", "-lineinfo"]
+    opts = [f"--gpu-architecture={arch}", "--std=c++17", "-lineinfo", flag]
     arr = _carray(ctypes.c_char_p, [o.encode() for o in opts])
     r = lib.nvrtcCompileProgram(prog, len(opts), arr)
     n = ctypes.c_size_t()
@@ -263,12 +267,12 @@ def _nvrtc_compile(src: str, arch: str, name: str) -> bytes:
     lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
-def _nvcc_compile(src: str, arch: str) -> bytes:
+def _nvcc_compile(src: str, arch: str, flag: str) -> bytes:
   with tempfile.TemporaryDirectory() as d:
     cu, out = os.path.join(d, "k.cu"), os.path.join(d, "k.cubin")
     with open(cu, "w") as f: f.write(src)
     gencode = f"-gencode=arch=compute_{arch[3:]},code={arch}"
-    r = subprocess.run([_nvcc(), "-cubin", gencode, "-std=c++17", "-lineinfo", "-o", out, cu], capture_output=True, text=True)
+    r = subprocess.run([_nvcc(), "-cubin", gencode, "-std=c++17", "-lineinfo", flag, "-o", out, cu], capture_output=True, text=True)
     if r.returncode != 0:
       raise CUDAError(f"nvcc failed on a generated kernel:\n{r.stderr[-3000:]}\n--- source ---\n{_numbered(src)[-6000:]}")
     with open(out, "rb") as f: return f.read()
@@ -404,6 +408,7 @@ class CUDARuntime(Runtime):
     if r != 0 and self.pooled:   # out of memory with buffers parked in the pool: give them back and retry
       self._drain_pool()
       r = self.lib.cuMemAlloc_v2(ctypes.byref(p), nbytes)
+    if r == CUDA_ERROR_OUT_OF_MEMORY: raise OutOfMemoryError(self.name, nbytes, self.in_use)
     check(r, f"cuMemAlloc({nbytes} bytes) on {self.name}")
     self._sizes[p.value] = nbytes
     self.held += nbytes; self.peak = max(self.peak, self.held)
@@ -578,7 +583,7 @@ class CUDARuntime(Runtime):
   def compile(self, kernel, name: str) -> Program:
     from ..codegen import cuda as cuda_codegen
     r = cuda_codegen.render(kernel, name, self.arch, self.sm_count)
-    cubin = compile_cuda(r.src, r.arch or self.arch, f"{name}.cu")
+    cubin = compile_cuda(r.src, r.arch or self.arch, f"{name}.cu", fmad=False)
     return self.load(cubin, name, r.grid, r.block, r.smem, 1 + len(kernel.inputs), r.zero_output, r.tmaps)
 
   def compile_custom(self, kernel, name: str, outs, inputs):
