@@ -1,11 +1,17 @@
-"""From a validated recipe to the objects the loop trains: model, optimizer, LR schedule, FLOP count."""
+"""From a validated recipe to the objects the loop trains: model, optimizer, LR schedule, FLOP count.
+
+Precision: the model is built in `compute_dtype` (the weights its matmuls and attention read); the
+optimizer keeps master weights and moments in `param_dtype`. Recompute marks the model's blocks.
+Every replica is initialised on its own devices from the counter-based generator, in the same order, so
+replicas start equal; a tensor-parallel replica is built lazily on each device of its group and each
+device computes only its own shards."""
 from __future__ import annotations
 from .nn.optim import AdamW, SGD, LARS
 from .nn.schedule import WarmupCosine, WarmupPolynomial
 
 
 def build_model(cfg, device: str):
-  m, dtype = cfg.model, cfg.train.precision.param_dtype
+  m, dtype = cfg.model, cfg.train.precision.compute_dtype
   if cfg.family == "llama":
     from .models.llama import Llama, LlamaConfig
     s = m.rope_scaling
@@ -21,18 +27,21 @@ def build_model(cfg, device: str):
 
 
 def build_replica(cfg, devices: list[str]):
-  """One model replica on a tensor-parallel group: built on its first device, then sharded over all."""
-  model = build_model(cfg, devices[0])
-  if len(devices) == 1: return model
-  from .parallel.tensor_parallel import shard_model, LLAMA_PLAN
-  return shard_model(model, devices, LLAMA_PLAN)
+  """One model replica on a tensor-parallel group (one device without tensor parallelism)."""
+  from .nn.module import deferred_init, recompute_blocks
+  if len(devices) == 1: model = build_model(cfg, devices[0])
+  else:
+    from .parallel.tensor_parallel import shard_model, LLAMA_PLAN
+    with deferred_init(): built = [build_model(cfg, d) for d in devices]
+    model = shard_model(built[0], devices, LLAMA_PLAN, built)
+  return recompute_blocks(model, cfg.train.recompute == "layer")
 
 
 def build_optimizer(cfg, params):
-  o = cfg.optimizer
-  if o.name == "adamw": return AdamW(params, o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-  if o.name == "sgd": return SGD(params, o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
-  return LARS(params, o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+  o, master = cfg.optimizer, cfg.train.precision.param_dtype
+  if o.name == "adamw": return AdamW(params, o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, master_dtype=master)
+  if o.name == "sgd": return SGD(params, o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov, master_dtype=master)
+  return LARS(params, o.lr, momentum=o.momentum, weight_decay=o.weight_decay, master_dtype=master)
 
 
 def build_schedule(cfg):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math, os, time
 import numpy as np
 from tqdm import tqdm
-from .core import Tensor, jit
+from .core import Tensor, jit, no_grad, precision
 from .core import random as rng
 from .checkpoint import CheckpointManager, load_hf_safetensors
 from .nn.module import to_numpy_storage
@@ -48,36 +48,66 @@ class Run:
     # replica d runs on its tensor-parallel group (a single device when tp is 1)
     self.groups = [self.mesh.tp_group(d) if cfg.mesh.tp > 1 else self.mesh.device(d) for d in range(cfg.mesh.dp)]
     self.devices = self.mesh.dp_group(0)
+    t0 = time.perf_counter()
     self.task = make_task(cfg, self.groups[0])
     self.models = [self.task.model] + [build_replica(cfg, g if isinstance(g, list) else [g]) for g in self.groups[1:]]
     if cfg.checkpoint.init_weights and self.resumed is None:   # e.g. published Llama 3.1 weights (Hugging Face layout)
-      self.task.model.load_state_dict(load_hf_safetensors(cfg.checkpoint.init_weights))
-    self.opt = DataParallel(self.models, lambda ps: build_optimizer(cfg, ps), zero1=cfg.mesh.zero1, clip_norm=cfg.optimizer.grad_clip_norm)
+      weights = load_hf_safetensors(cfg.checkpoint.init_weights)
+      for m in self.models: m.load_state_dict(weights)
+    p = cfg.train.precision
+    self.opt = DataParallel(self.models, lambda ps: build_optimizer(cfg, ps), zero1=cfg.mesh.zero1, clip_norm=cfg.optimizer.grad_clip_norm,
+                            comm_dtype=p.comm_dtype, master_dtype=p.param_dtype)
+    self.build_seconds = time.perf_counter() - t0
     self.schedule = build_schedule(cfg)
     self.step_fn = jit(self._step)
-    self.step, self.samples, self.evals, self.block_open = 0, 0, [], False
+    self.eval_fn = jit(self._eval_step)
+    self.step, self.samples, self.evals, self.block_open, self.precision_logged = 0, 0, [], False, False
     if self.resumed is not None: self._restore(self.resumed)
     else:
       self.log.init_stop(); self.log.run_start()
 
   def _step(self, xs, ys):
-    """One optimizer step: every replica's forward and backward on its slice, then the update."""
-    accum = self.cfg.train.gradient_accumulation_steps or 1
+    """One optimizer step: micro-batch by micro-batch, every replica's forward and backward on its slice
+    (each micro-batch run, and its activations freed, before the next starts; gradients summed in float32),
+    then the update. Jitted: the whole step is one replay."""
+    accum, mb = self.cfg.train.gradient_accumulation_steps, self.cfg.train.micro_batch_size
+    self.opt.zero_grad(accumulate=accum > 1)
     losses = []
-    for model, x, y in zip(self.models, xs, ys):
-      for xa, ya in zip(x.chunk(accum, 0), y.chunk(accum, 0)) if accum > 1 else [(x, y)]:
-        li = self.task.loss(model, xa, ya) * (1.0 / accum)
+    for i in range(accum):
+      micro = []
+      for model, x, y in zip(self.models, xs, ys):
+        li = self.task.loss(model, x[i * mb:(i + 1) * mb], y[i * mb:(i + 1) * mb]) * (1.0 / accum)
         li.backward()
-        losses.append(li.to(self.devices[0]))
+        micro.append(li.to(self.devices[0]))
+      self.opt.micro_batch_done(*micro)
+      losses += micro
     self.opt.step()
     return sum(losses) * (1.0 / len(self.models))
+
+  def _eval_step(self, xs, ys):
+    """The summed loss of one evaluation batch, split over the data-parallel replicas (jitted)."""
+    with no_grad():
+      return sum(self.task.eval_loss(m, x, y).to(self.devices[0]) for m, x, y in zip(self.models, xs, ys))
+
+  def evaluate(self) -> float:
+    """The task's metric on its evaluation set, the batches split over the data-parallel replicas."""
+    mb = max(1, self.cfg.train.micro_batch_size)
+    total, count = 0.0, 0
+    for m in self.models: m.eval()
+    for x, y, n in self.task.eval_batches(mb * len(self.groups)):
+      parts = [self.task.to_device(xp, yp, g) for xp, yp, g in zip(np.split(x, len(self.groups)), np.split(y, len(self.groups)), self.groups)]
+      total += self.eval_fn([p[0] for p in parts], [p[1] for p in parts]).item()
+      count += n
+    for m in self.models: m.train()
+    return total / max(count, 1)
 
   # ---- checkpoints ----
   def _save(self):
     tensors = {f"model.{k}": to_numpy_storage(v) for k, v in self.task.model.state_dict().items()}
     tensors.update({f"optim.{k}": to_numpy_storage(v) for k, v in self.opt.state_dict().items()})
     state = {"step": self.step, "samples": self.samples, "evals": self.evals, "rng": rng.get_state(), "task": self.task.state_dict(),
-             "mlperf": {"log_path": self.log_path, "block_open": self.block_open, "block_first_epoch": self.log._block_first_epoch}}
+             "mlperf": {"log_path": self.log_path, "block_open": self.block_open, "block_first_epoch": self.log._block_first_epoch,
+                        "precision_logged": self.precision_logged}}
     self.ckpt.save(self.step, tensors, state)
 
   def _restore(self, ck):
@@ -89,6 +119,7 @@ class Run:
     rng.set_state(st["rng"])
     self.task.load_state_dict(st["task"])
     self.block_open = st["mlperf"]["block_open"]
+    self.precision_logged = st["mlperf"].get("precision_logged", True)
     self.log._block_first_epoch = st["mlperf"]["block_first_epoch"]
 
   # ---- evaluation schedule ----
@@ -126,8 +157,12 @@ class Run:
       x, y = [p[0] for p in parts], [p[1] for p in parts]
       lr = self.schedule(self.step)
       self.opt.set_lr(lr)
+      if not self.precision_logged: precision.clear()
       loss = self.step_fn(x, y).item()
       if not math.isfinite(loss): raise FloatingPointError(f"loss became {loss} at step {self.step}")
+      if not self.precision_logged:   # what the first step ran in (the same in every later one: one replay)
+        ran = [precision.lowest(k) for k in precision.KINDS]   # a kind that did not run (a ResNet's attention): the compute type
+        self.log.precision(*(d.name if d else cfg.train.precision.compute_dtype for d in ran)); self.precision_logged = True
       self.step += 1; self.samples += gb
       if print_losses: print(f"step {self.step} loss {loss!r}", flush=True)
       now = time.perf_counter(); dt, t_last = now - t_last, now
@@ -139,10 +174,13 @@ class Run:
         pos = self._position()
         self.log.block_stop(pos); self.block_open = False
         self.log.eval_start(pos)
-        value = self.task.evaluate(max(1, cfg.train.micro_batch_size))
+        t_eval = time.perf_counter()
+        value = self.evaluate()
+        t_eval = time.perf_counter() - t_eval
         self.log.eval_stop(pos, value)
         self.evals.append((pos, value))
-        bar.write(f"eval at {'sample' if cfg.family == 'llama' else 'epoch'} {pos}: {self.task.metric} {value:.4f} (target {cfg.eval.target})")
+        bar.write(f"eval at {'sample' if cfg.family == 'llama' else 'epoch'} {pos}: {self.task.metric} {value:.4f} (target {cfg.eval.target}), {t_eval:.1f}s")
+        t_last = time.perf_counter()
         if cfg.target_reached(value): success = True; break
       if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0: self._save()
     bar.close()

@@ -9,6 +9,7 @@ of epochs completed for resnet ones. The training loop calls, in this order:
     ...                             # build the model, load data, compile (at most 30 minutes)
     log.init_stop()
     log.run_start()
+    log.precision(linear, attn, comm)   # after the first step: the dtypes that step ran in (6.1.0)
     loop:
         log.block_start(position)   # training until the next evaluation
         log.block_stop(position)
@@ -82,6 +83,12 @@ class MLPerfLogger:
         for key, value in self._optimizer().items():
             self._log("event", key, value)
 
+    def precision(self, linear, attn, comm):
+        """The lowest precisions the step ran in (names of core dtypes, as core.precision noted them)."""
+        self._log("event", C.LOWEST_NUMERICAL_PRECISION_IN_LINEAR, _PRECISION_NAMES[linear])
+        self._log("event", C.LOWEST_NUMERICAL_PRECISION_IN_ATTN, _PRECISION_NAMES[attn])
+        self._log("event", C.LOWEST_NUMERICAL_PRECISION_IN_COMM, _PRECISION_NAMES[comm])
+
     def init_stop(self):
         self._log("end", C.INIT_STOP)
 
@@ -144,12 +151,7 @@ class MLPerfLogger:
         }
 
     def _disclosures(self):
-        p = self.cfg.train.precision
-        linear = _lowest(p.compute_dtype, p.param_dtype)
         return {
-            C.LOWEST_NUMERICAL_PRECISION_IN_LINEAR: linear,
-            C.LOWEST_NUMERICAL_PRECISION_IN_ATTN: linear,
-            C.LOWEST_NUMERICAL_PRECISION_IN_COMM: _PRECISION_NAMES[p.comm_dtype],
             C.TENSOR_PARALLELISM: self.cfg.mesh.tp,
             C.PIPELINE_PARALLELISM: 1,
             C.CONTEXT_PARALLELISM: 1,
@@ -187,8 +189,3 @@ class MLPerfLogger:
                          warmup_key: sched.warmup_epochs})
         return keys
 
-
-def _lowest(*dtypes):
-    """The checker's name for the narrowest of the given dtypes (16-bit ones beat float32)."""
-    narrow = [d for d in dtypes if d != "float32"]
-    return _PRECISION_NAMES[narrow[0] if narrow else "float32"]

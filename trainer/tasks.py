@@ -7,9 +7,12 @@ for language models, top-1 accuracy (higher is better) for image classifiers.
 from __future__ import annotations
 import itertools, os
 import numpy as np
-from .core import Tensor, dtypes, no_grad
-from .build import build_model, build_replica
+from .core import Tensor, dtypes
+from .build import build_replica
 from .parallel.sharded import Sharded
+
+
+IGNORE = -100   # a target that is not scored
 
 
 class LMTask:
@@ -61,15 +64,22 @@ class LMTask:
   def loss(self, model, x, y) -> Tensor:
     return model(x).float().cross_entropy(y)
 
-  def evaluate(self, batch_size: int) -> float:
-    total, count = 0.0, 0
-    with no_grad():
-      for start in range(0, len(self.val_set), batch_size):
-        toks = self.val_set.batch(np.arange(start, min(start + batch_size, len(self.val_set))))
-        x, y = self.to_device(toks[:, :-1].astype(np.int32), toks[:, 1:].astype(np.int32), self.device)
-        total += self.model(x).float().cross_entropy(y, reduction="sum").item()
-        count += y.numel()
-    return total / count
+  def eval_loss(self, model, x, y) -> Tensor:
+    """The metric's numerator on one batch: summed cross entropy (targets IGNORE are not counted)."""
+    return model(x).float().cross_entropy(y, ignore_index=IGNORE, reduction="sum")
+
+  def eval_batches(self, batch: int):
+    """(inputs, targets, tokens scored) for every `batch` validation sequences in order; the last batch is
+    filled up with sequences whose targets are all IGNORE, so every batch has one shape."""
+    n = len(self.val_set)
+    for start in range(0, n, batch):
+      toks = self.val_set.batch(np.arange(start, min(start + batch, n)))
+      x, y = toks[:, :-1].astype(np.int32), toks[:, 1:].astype(np.int32)
+      scored = y.size
+      if len(toks) < batch:
+        x = np.concatenate([x, np.zeros((batch - len(toks), x.shape[1]), np.int32)])
+        y = np.concatenate([y, np.full((batch - len(toks), y.shape[1]), IGNORE, np.int32)])
+      yield x, y, scored
 
   def state_dict(self): return {"loader": self.loader.state_dict()}
   def load_state_dict(self, s): self.loader.load_state_dict(s["loader"])
@@ -94,7 +104,7 @@ class ImageTask:
     self.loader = ImageLoader(train, cfg.train.global_batch_size, train=True, dp_rank=dp_rank, dp_size=dp_size, seed=cfg.train.seed, **size)
     self.val = val
     self.val_size = size
-    self.model = build_model(cfg, device)
+    self.model = build_replica(cfg, [device])
     self.tokens_per_sample = 1
     self.mean = Tensor(np.array([123.675, 116.28, 103.53], np.float32).reshape(1, 3, 1, 1), device=device)
     self.inv_std = Tensor(1 / np.array([58.395, 57.12, 57.375], np.float32).reshape(1, 3, 1, 1), device=device)
@@ -114,18 +124,16 @@ class ImageTask:
   def loss(self, model, x, y) -> Tensor:
     return model(x).cross_entropy(y, label_smoothing=self.cfg.optimizer.label_smoothing)
 
-  def evaluate(self, batch_size: int) -> float:
+  def eval_loss(self, model, x, y) -> Tensor:
+    """The metric's numerator on one batch: correct top-1 predictions (padding labels are -1, never correct)."""
+    return (model(x).argmax(-1) == y).sum()
+
+  def eval_batches(self, batch: int):
+    """(images, labels, images scored) for the validation set in batches of `batch` (the last one padded)."""
     from .data.imagenet import ImageLoader
-    loader = ImageLoader(self.val, batch_size, train=False, seed=0, **self.val_size)
-    correct, count = 0, 0
-    self.model.eval()
-    with no_grad():
-      for ims, labels in itertools.islice(loader, loader.batches_per_epoch):
-        keep = labels >= 0
-        pred = self.model(self._images(ims, self.device)).argmax(-1).numpy()
-        correct += int((pred[keep] == labels[keep]).sum()); count += int(keep.sum())
-    self.model.train()
-    return correct / max(count, 1)
+    loader = ImageLoader(self.val, batch, train=False, seed=0, **self.val_size)
+    for ims, labels in itertools.islice(loader, loader.batches_per_epoch):
+      yield ims, labels.astype(np.int32), int((labels >= 0).sum())
 
   def state_dict(self): return {"loader": self.loader.state_dict()}
   def load_state_dict(self, s): self.loader.load_state_dict(s["loader"])

@@ -65,7 +65,8 @@ def test_llama31_8b_compliance_on_generated_c4(tmp_path):
 def test_resnet_compliance_on_generated_jpegs(tmp_path):
   """recipes/resnet.yaml (closed, LARS at batch 3264, the reference's eval schedule) with a tiny ResNet on
   generated 16x16 JPEGs in the ImageNet folder layout. The validation folder is a copy of the training
-  folder: this checks the MLPerf log and the loop's epoch bookkeeping, not the model's generalisation."""
+  folder: this checks the MLPerf log and the loop's epoch bookkeeping, not the model's generalisation. It computes
+  in float32 (the recipe says bfloat16): in 42 steps at lr 10.5 this tiny net reaches the target only in float32."""
   import shutil
   from trainer.data.synthetic_images import write_synthetic_imagenet
   write_synthetic_imagenet(str(tmp_path / "img"), num_classes=10, train_per_class=330, val_per_class=1, size=16)
@@ -73,6 +74,7 @@ def test_resnet_compliance_on_generated_jpegs(tmp_path):
   r = run([os.path.join(ROOT, "recipes/resnet.yaml"), "--set", "mesh.device=CPU", "--set", "mesh.dp=1", "--set", "train.micro_batch_size=3264",
            "--set", "model.variant=tiny", "--set", "model.blocks=[1,1]", "--set", "model.widths=[16,32]", "--set", "model.num_classes=10",
            "--set", f"data.path={tmp_path}/img", "--set", "data.image_size=16", "--set", f"checkpoint.dir={tmp_path}/ck",
+           "--set", "train.precision.compute_dtype=float32",
            "--results", str(tmp_path / "sub"), "--no-progress"], tmp_path)
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
   check_log(str(tmp_path / "sub" / "results" / "8xH200" / "resnet" / "result_0.txt"), "4.0.0")

@@ -22,6 +22,8 @@ def simulate(cfg, path, values, echo=False):
     log.hyperparameters()
     log.init_stop()
     log.run_start()
+    p = cfg.train.precision   # the loop logs what its first step ran in; here, the recipe's types
+    log.precision(p.compute_dtype, p.compute_dtype, p.comm_dtype)
     position, success = 0, False
     for value in values:
         log.block_start(position)

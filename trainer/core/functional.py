@@ -77,6 +77,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Ten
   if H % Hkv or k.shape != v.shape[:-1] + (k.shape[-1],) or k.shape[-1] != D:
     raise ValueError(f"scaled_dot_product_attention: q {_shape_str(q.shape)}, k {_shape_str(k.shape)}, v {_shape_str(v.shape)} do not fit")
   from .kernels import attention
+  from . import precision
+  precision.note("attention", q.dtype)
   if attention.covers(q, k, v, attn_mask, scale): return attention.flash_attention(q, k, v, is_causal, scale)
   rep = H // Hkv
   qg = q.reshape(*b, Hkv, rep, T, D)

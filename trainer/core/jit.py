@@ -3,8 +3,8 @@ second runs while recording each kernel launch, and from then on a call replays 
 no graph building, scheduling or codegen in Python.
 
 After the recording the JIT plans memory: a buffer that nothing outside the step holds (an
-intermediate) gets a place in a per-device arena, shared with other intermediates whose lifetimes do
-not overlap, so a replayed step needs little more memory than its largest live set. Each tensor
+intermediate) gets a slice of one arena block per device, placed as an allocator replaying the step
+would place it, so a replayed step needs little more memory than its largest live set. Each tensor
 argument is copied into a private buffer at the start of a replay. On CUDA, each run of consecutive
 kernel launches on one device is captured once as a CUDA graph and replayed with one graph launch, so
 the Python cost of a step does not grow with its number of kernels (TRAINER_CUDA_GRAPHS=0 replays launch by
@@ -17,7 +17,7 @@ it returns tensors (or a tuple/list/dict of them) whose buffers are reused by th
 result out (`.numpy()`) before calling again if you need to keep it.
 """
 from __future__ import annotations
-import functools, os, weakref
+import bisect, functools, os, weakref
 from .tensor import Tensor, pending_assigns
 from .device import Buffer
 from .dtypes import dtypes
@@ -75,7 +75,7 @@ class JitFunction:
     for b, p in zip(in_bufs, self.private): keep[b.uid] = p
     arena = _assign_arena(rec.table, rec.meta, keep)
     calls = [(prog, [keep.get(u) or arena[u] for u in uids]) for prog, uids in rec.table]
-    blocks = list({id(b): b for b in arena.values()}.values())
+    blocks = list({id(b.block): b.block for b in arena.values()}.values())
     self.buffers = list(keep.values()) + blocks
     self.arena_bytes = sum(b.nbytes for b in blocks)                                      # what replays need
     self.intermediate_bytes = sum(rec.meta[u][1] for u in rec.refs if u not in keep)   # without the plan
@@ -97,27 +97,56 @@ class _Recorder:
     self.table.append((prog, [b.uid for b in bufs]))
 
 
+ALIGN = 512   # bytes: where each intermediate starts in its arena (TMA and 16-byte vector loads need 16; 512 keeps rows of cache lines apart)
+
+
+class ArenaSlice:
+  """Bytes [offset, offset + nbytes) of an arena block, used where a recorded intermediate was."""
+  __slots__ = ("block", "offset", "nbytes", "device", "runtime", "handle")
+  def __init__(self, block, offset: int, nbytes: int):
+    self.block, self.offset, self.nbytes, self.device, self.runtime = block, offset, nbytes, block.device, block.runtime
+    self.handle = block.runtime.view(block.handle, offset, nbytes)
+
+
 def _assign_arena(table, meta, keep) -> dict:
-  """Buffers for the intermediates: each recorded buffer nothing else holds gets a block that no other
-  intermediate uses during its lifetime (from its first to its last launch); best fit among free ones."""
+  """Places for the intermediates: every recorded buffer nothing else holds gets a slice of one block per
+  device, as an allocator would place it replaying the step (taken at its first launch, returned after its
+  last; best fit among free ranges, neighbours merged), so the block is about the step's largest live set."""
   first, last = {}, {}
   for n, (_, ids) in enumerate(table):
     for i in ids:
       first.setdefault(i, n); last[i] = n
-  free, out = {}, {}
+  ends = {}
+  for i, n in last.items(): ends.setdefault(n, []).append(i)
+  free, top, offset = {}, {}, {}   # device -> sorted [(start, size)]; device -> high-water mark; uid -> offset
   for n, (_, ids) in enumerate(table):
     for i in ids:
-      if i in keep or i in out: continue
+      if i in keep or i in offset: continue
       dev, nbytes = meta[i]
-      pool = free.setdefault(dev, [])
-      fits = [b for b in pool if b.nbytes >= nbytes]
+      need = -(-max(nbytes, 1) // ALIGN) * ALIGN
+      ranges = free.setdefault(dev, [])
+      fits = [(size, k) for k, (start, size) in enumerate(ranges) if size >= need]
       if fits:
-        b = min(fits, key=lambda b: b.nbytes); pool.remove(b)
-      else: b = Buffer(dev, nbytes, dtypes.uint8)
-      out[i] = b
-    for i in set(ids):
-      if i not in keep and last[i] == n: free[meta[i][0]].append(out[i])
-  return out
+        size, k = min(fits)
+        start = ranges[k][0]
+        if size > need: ranges[k] = (start + need, size - need)
+        else: del ranges[k]
+      else:   # grow the block (taking a free range that ends at the top)
+        start = top.get(dev, 0)
+        if ranges and ranges[-1][0] + ranges[-1][1] == start: start = ranges.pop()[0]
+        top[dev] = start + need
+      offset[i] = (start, need)
+    for i in ends.get(n, ()):
+      if i in keep or i not in offset: continue
+      ranges = free[meta[i][0]]
+      start, size = offset[i]
+      k = bisect.bisect(ranges, (start, size))
+      if k < len(ranges) and ranges[k][0] == start + size: size += ranges.pop(k)[1]           # merge with the next
+      if k > 0 and ranges[k - 1][0] + ranges[k - 1][1] == start:                             # and the previous
+        start, size = ranges[k - 1][0], ranges[k - 1][1] + size; del ranges[k - 1]; k -= 1
+      ranges.insert(k, (start, size))
+  blocks = {dev: Buffer(dev, size, dtypes.uint8) for dev, size in top.items()}
+  return {i: ArenaSlice(blocks[meta[i][0]], start, meta[i][1]) for i, (start, _) in offset.items()}
 
 
 def _batch(calls) -> list:

@@ -65,10 +65,21 @@ class LazyBuffer:
     split = self._split_reduce(op, axes, shape)
     return split if split is not None else LazyBuffer(self.device, self.dtype, shape, Op.REDUCE, (self,), (op, axes))
 
+  @property
+  def broadcast_product(self) -> bool:
+    """A product of two operands each broadcast (expanded) over some axis: summed over one axis, a matrix
+    product, which the backends run as one (never materialising the product itself)."""
+    def expanded(x):
+      while x.op is Op.CAST: x = x.srcs[0]
+      return x.op is Op.VIEW and any(st == 0 and s > 1 for s, st in zip(x.arg.shape, x.arg.strides))
+    return self.op is Op.MUL and all(expanded(s) for s in self.srcs)
+
   def _split_reduce(self, op: Op, axes: tuple, shape: tuple) -> LazyBuffer | None:
     """A large reduction into few outputs (a column sum, a whole-tensor sum) as two: the longest reduced
     axis is cut into f parts that first reduce separately (f times more outputs to work on in parallel),
-    then the f partial results are reduced. Same result up to the order of additions."""
+    then the f partial results are reduced. Same result up to the order of additions. Never a matrix
+    product: cutting its reduced axis would need the product itself in memory."""
+    if self.broadcast_product: return None
     red = math.prod(self.shape[a] for a in axes)
     out = self.size // red
     if red < 4096 or out >= 16384 or out * red < (1 << 20): return None

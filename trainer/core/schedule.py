@@ -99,13 +99,7 @@ class CollectiveItem:
 
 
 def _is_contraction(r: LazyBuffer) -> bool:
-  if r.arg[0] is not Op.SUM: return False
-  src = r.srcs[0]
-  if src.op is not Op.MUL: return False
-  def expanded(x):
-    while x.op is Op.CAST: x = x.srcs[0]
-    return x.op is Op.VIEW and any(st == 0 and s > 1 for s, st in zip(x.arg.shape, x.arg.strides))
-  return all(expanded(s) for s in src.srcs)
+  return r.arg[0] is Op.SUM and r.srcs[0].broadcast_product
 
 
 class _Builder:

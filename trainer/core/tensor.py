@@ -501,6 +501,8 @@ class Tensor:
   def linear(self, weight, bias=None):
     """x @ weight.T + bias (weight is (out, in), as in torch and Hugging Face checkpoints). Leading axes are
     folded into one, so the weight's gradient is one matrix product, not a batch of them summed."""
+    from . import precision
+    precision.note("linear", promote(self.dtype, weight.dtype))
     x = self.reshape(-1, self.shape[-1]) if self.ndim > 2 else self
     out = x @ weight.T
     if self.ndim > 2: out = out.reshape(*self.shape[:-1], weight.shape[0])

@@ -9,6 +9,7 @@ backward instead of kept. The model's code is unchanged.
 """
 from __future__ import annotations
 import functools
+from contextlib import contextmanager
 import numpy as np
 from ..core import Tensor, dtypes
 from ..core.ops import Op
@@ -17,11 +18,25 @@ from ..core.dtypes import bf16_to_f32, f32_to_bf16
 from ..checkpoint import save_tensors, load_tensors, CheckpointError, TensorData
 
 
+_deferred = [False]
+
+
+@contextmanager
+def deferred_init():
+  """Build modules without computing their parameters: each stays the lazy graph of its initialisation
+  (random draws are lazy, see core/random.py) until `materialize` or `Module.realize()` runs it. A
+  tensor-parallel build cuts each device's shard out of that graph, so a device computes only its own part."""
+  prev, _deferred[0] = _deferred[0], True
+  try: yield
+  finally: _deferred[0] = prev
+
+
 def materialize(t: Tensor, requires_grad: bool | None = None) -> Tensor:
-  """A realized Tensor that owns its buffer (so `assign` updates it in place and a JIT replays it)."""
+  """A realized Tensor that owns its buffer (so `assign` updates it in place and a JIT replays it); under
+  deferred_init, the tensor as it is (lazy)."""
   rg = t.requires_grad if requires_grad is None else requires_grad
   lb = t.lazydata
-  if lb.op is Op.BUFFER and lb.buffer is not None: out = t
+  if _deferred[0] or (lb.op is Op.BUFFER and lb.buffer is not None): out = t
   else:
     out = Tensor(lb.contiguous())
     out.realize()

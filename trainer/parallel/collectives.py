@@ -13,6 +13,7 @@ import weakref
 from ..core import Tensor
 from ..core.lazy import LazyBuffer
 from ..core.ops import Op
+from ..core import precision
 from .ring import RingCollective, bounds
 
 __all__ = ["all_reduce", "reduce_scatter", "all_gather", "broadcast"]
@@ -28,6 +29,7 @@ def _check(xs: list[Tensor], same: bool = True):
 
 def _collective(kind: str, lbs: list[LazyBuffer], op: str, sizes=None) -> list[LazyBuffer]:
   """The outputs of one ring collective over flat LazyBuffers (one per device)."""
+  precision.note("comm", lbs[0].dtype)
   plan = RingCollective(kind, [x.device for x in lbs], sum(sizes) if sizes else lbs[0].size, lbs[0].dtype, op, sizes)
   return LazyBuffer.collective(plan, [x.reshape((x.size,)) for x in lbs], plan.out_specs())
 

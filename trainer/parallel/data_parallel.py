@@ -16,7 +16,7 @@ rank form their own ring with one bucket per device, after each replicated param
 been summed over its tp group (tensor_parallel.sync_replicated_grads).
 """
 from __future__ import annotations
-from ..core import Tensor, dtypes, no_grad
+from ..core import Tensor, dtypes, no_grad, precision
 from ..nn.module import materialize, _np_of
 from ..nn.optim import clip_grad_norm
 from .collectives import all_reduce, reduce_scatter, all_gather
@@ -81,6 +81,7 @@ class DataParallel:
 
   def step(self):
     """Average the replicas' gradients and apply the optimizer everywhere (or shard-wise with ZeRO-1)."""
+    if self.comm_dtype is not None: precision.note("comm", self.comm_dtype)   # what gradients are reduced in (also at dp=1)
     with no_grad():
       if len(self.ranks) > 1:
         for m in self.models: sync_replicated_grads(m)

@@ -43,14 +43,17 @@ class Sharded:
 
   # ---- making ----
   @staticmethod
-  def split(t: Tensor, devices: list[str], axis: int) -> Sharded:
+  def split(t: Tensor, devices: list[str], axis: int, local: list[Tensor] | None = None) -> Sharded:
+    """Device i gets the i-th slice of t along axis, copied there, or cut from local[i] (the same tensor
+    already on device i)."""
     axis %= t.ndim
     k = _part_size(t.shape[axis], len(devices), f"axis {axis} of {tuple(t.shape)}")
-    return Sharded([t.shrink(tuple((i * k, (i + 1) * k) if a == axis else (0, s) for a, s in enumerate(t.shape))).to(d)
-                    for i, d in enumerate(devices)], axis)
+    def part(x, i): return x.shrink(tuple((i * k, (i + 1) * k) if a == axis else (0, s) for a, s in enumerate(x.shape)))
+    return Sharded([part(local[i], i) if local else part(t, i).to(d) for i, d in enumerate(devices)], axis)
 
   @staticmethod
-  def replicate(t: Tensor, devices: list[str]) -> Sharded: return Sharded([t.to(d) for d in devices], None)
+  def replicate(t: Tensor, devices: list[str], local: list[Tensor] | None = None) -> Sharded:
+    return Sharded(list(local) if local else [t.to(d) for d in devices], None)
 
   def full(self) -> Tensor:
     """The logical tensor on the first device (gathers a split one)."""

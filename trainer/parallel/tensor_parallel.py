@@ -21,14 +21,19 @@ def _axis(name: str, plan: dict):
   return next((a for suffix, a in plan.items() if name == suffix or name.endswith("." + suffix)), None)
 
 
-def shard_model(model: Module, devices: list[str], plan: dict) -> Module:
-  """Shard `model` in place over `devices` (the tensor-parallel group) and return it."""
+def shard_model(model: Module, devices: list[str], plan: dict, built: list[Module] | None = None) -> Module:
+  """Shard `model` in place over `devices` (the tensor-parallel group) and return it. `built`: the same
+  model built on each device under nn.module.deferred_init (model is built[0]); each shard is then cut
+  from its own device's lazy initialisation and computed there, so no device computes or holds a whole
+  split tensor. Without it, the shards of model's tensors are copied to their devices."""
+  mods = [dict(b.named_modules()) for b in built] if built else None
   for mname, m in model.named_modules():
     for k, v in list(m.__dict__.items()):
       if not isinstance(v, Tensor): continue
       name = f"{mname}.{k}" if mname else k
       axis = _axis(name, plan)
-      s = Sharded.split(v, devices, axis) if axis is not None else Sharded.replicate(v, devices)
+      local = [getattr(ms[mname], k) for ms in mods] if mods else None
+      s = Sharded.split(v, devices, axis, local) if axis is not None else Sharded.replicate(v, devices, local)
       rg = v.requires_grad
       s.shards = [materialize(t, requires_grad=rg) for t in s.shards]
       setattr(m, k, s)
