@@ -1,0 +1,168 @@
+"""The AMD runtime: devices `AMD:N` on our own driver (trainer/drivers/amd) over the Linux KFD
+interface; with TRAINER_AMD_SIM=<kinds> (e.g. 'gfx942,gfx942') on the simulated GPU instead.
+
+Each device has a compute (AQL) queue and an SDMA queue. The compute queue is the device's stream:
+kernels run on it in order. Copies run on the SDMA queue ordered against it by signals: a copy waits
+for a marker of the compute work queued before it (on both devices of a peer copy), and later
+kernels wait for the copy's signal. Host memory goes through a CPU-visible staging buffer; a buffer
+of another AMD device is mapped into this GPU's page table on its first use (peer access). Freed
+buffers are kept for reuse by size. Kernels are rendered by codegen/amd.py, compiled by clang to code
+objects for the device's target and loaded by the driver. The collectives' events are signals."""
+from __future__ import annotations
+import bisect, ctypes, hashlib
+import numpy as np
+from ..device import Runtime, register
+from ...drivers.amd import device as driver
+from ...drivers.amd import compiler
+from ...drivers.amd.kfd import AmdError
+
+STAGING_BYTES = 8 << 20   # the host staging buffer, per device: copies of more go in pieces
+POOL_BYTES = 8 << 30      # freed device memory kept for reuse, per device
+
+
+class Program:
+  __slots__ = ("rt", "prog", "name", "groups", "block")
+  def __init__(self, rt, prog, name, groups, block): self.rt, self.prog, self.name, self.groups, self.block = rt, prog, name, groups, block
+  def __call__(self, *handles): self.rt.gpu.launch(self.prog, [int(h) for h in handles], self.groups, (self.block, 1, 1))
+  def bind(self, *handles):
+    """A zero-argument launch with the buffer addresses fixed (the JIT's replay unit)."""
+    args, launch, prog, groups, block = [int(h) for h in handles], self.rt.gpu.launch, self.prog, self.groups, (self.block, 1, 1)
+    return lambda: launch(prog, args, groups, block)
+
+
+class AMDRuntime(Runtime):
+  def __init__(self, name: str, index: int):
+    self.name, self.index = name, index
+    self.gpu = driver.process().device(index)
+    self.target = self.gpu.gpu.target
+    self.staging = self.gpu.alloc(STAGING_BYTES, host=True)
+    self.bos, self.starts, self.pool, self.pooled, self.sizes = {}, [], {}, 0, {}
+    self.modules, self._accumulators = {}, {}
+
+  # -- memory
+  def alloc(self, nbytes: int) -> int:
+    nbytes = max(int(nbytes), 1)
+    free = self.pool.get(nbytes)
+    if free:
+      self.pooled -= nbytes
+      h = free.pop()
+    else:
+      bo = self.gpu.alloc(nbytes)
+      h = bo.va
+      self.bos[h] = bo
+      bisect.insort(self.starts, h)
+    self.sizes[h] = nbytes
+    return h
+
+  def free(self, handle):
+    size = self.sizes.pop(handle, None)
+    if size is None: return
+    if self.pooled + size > POOL_BYTES:
+      self.synchronize()
+      self.starts.remove(handle)
+      self.gpu.memory.free(self.bos.pop(handle))
+      return
+    self.pool.setdefault(size, []).append(handle); self.pooled += size
+
+  def bo_of(self, addr: int):
+    i = bisect.bisect(self.starts, addr) - 1
+    bo = self.bos[self.starts[i]] if i >= 0 else None
+    if bo is None or not bo.va <= addr < bo.va + bo.size: raise AmdError(f"{self.name}: {addr:#x} is not in a buffer of this device")
+    return bo
+
+  def view(self, handle, offset: int, nbytes: int): return int(handle) + offset
+
+  # -- copies: on the SDMA queue, ordered against the compute queues by signals
+  def _copy(self, dst: int, src: int, nbytes: int, others=(), host_wait=False):
+    """Copy on this device's SDMA queue after the compute work queued so far here and on `others`
+    (runtimes whose memory it touches), before any compute work queued later on all of them."""
+    sig = self.gpu.signals
+    rts = [self, *[o for o in others if o is not self]]
+    before = [rt.gpu.mark_compute() for rt in rts]
+    for b in before: self.gpu.copies.wait(b)
+    self.gpu.copies.copy(dst, src, nbytes)
+    done = self.gpu.mark_copies()
+    for rt in rts: rt.gpu.compute.barrier([done])
+    if host_wait: sig.wait(done, f"a copy of {nbytes} bytes on {self.name}")
+    for s in before + [done]: sig.release(s)
+
+  def _peer(self, src_rt: AMDRuntime, addr: int):
+    """Map the buffer holding addr (on src_rt) into this GPU's page table."""
+    if src_rt is not self: self.gpu.memory.map(src_rt.bo_of(addr), [self.gpu.gpu.gpu_id])
+
+  def copyin(self, handle, data: np.ndarray):
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    for off in range(0, raw.nbytes, STAGING_BYTES):
+      n = min(STAGING_BYTES, raw.nbytes - off)
+      ctypes.memmove(self.staging.va, raw.ctypes.data + off, n)
+      self._copy(int(handle) + off, self.staging.va, n, host_wait=True)
+
+  def copyout(self, handle, nbytes: int) -> np.ndarray:
+    out = np.empty(max(nbytes, 1), np.uint8)
+    for off in range(0, nbytes, STAGING_BYTES):
+      n = min(STAGING_BYTES, nbytes - off)
+      self._copy(self.staging.va, int(handle) + off, n, host_wait=True)
+      ctypes.memmove(out.ctypes.data + off, self.staging.va, n)
+    return out[:nbytes]
+
+  def copy_peer(self, dst_rt, dst, src, nbytes: int):
+    if nbytes == 0: return
+    if isinstance(dst_rt, AMDRuntime):   # on the destination's SDMA queue, the source mapped there
+      dst_rt._peer(self, int(src))
+      dst_rt._copy(int(dst), int(src), nbytes, others=[self])
+    elif isinstance(dst, np.ndarray): dst[:nbytes] = self.copyout(src, nbytes)
+    else: dst_rt.copyin(dst, self.copyout(src, nbytes))
+
+  def synchronize(self):
+    m = self.gpu.mark_compute()
+    self.gpu.signals.wait(m, f"the work queued on {self.name}")
+    self.gpu.signals.release(m)
+    self.gpu.drain()
+
+  # -- what the collectives build on: SDMA copies into this device, signals as events
+  def mark(self): return self.gpu.mark_compute()
+  def wait(self, events): self.gpu.compute.barrier([e for e in events if e is not None])
+  def release(self, events):
+    for e in events:
+      if e is not None: self.gpu.signals.release(e)
+
+  def copy_async(self, src_rt, dst, src, nbytes: int, after=()):
+    if not isinstance(src_rt, AMDRuntime): return super().copy_async(src_rt, dst, src, nbytes, after)
+    q = self.gpu.copies
+    for e in after:
+      if e is not None: q.wait(e)
+    if nbytes:
+      self._peer(src_rt, int(src))
+      q.copy(int(dst), int(src), nbytes)
+    return self.gpu.mark_copies()
+
+  def accumulate(self, dst, src, n: int, dtype, op: str, scale: float | None = None):
+    key = (dtype, op, scale)
+    if key not in self._accumulators:
+      from ..codegen.amd import render_accumulate
+      self._accumulators[key] = self._load(render_accumulate(dtype, op, scale, f"accumulate_{dtype.name}_{op}"))
+    if n:
+      p = self._accumulators[key]
+      groups = min(1024, -(-n // p.block))
+      self.gpu.launch(p.prog, [int(dst), int(src), n, groups * p.block], (groups, 1, 1), (p.block, 1, 1))
+
+  # -- kernels
+  def _load(self, r) -> Program:
+    from ..codegen.amd import embed
+    image = compiler.compile_source(embed(r), self.target, r.name)
+    key = hashlib.sha256(image).hexdigest()
+    if key not in self.modules: self.modules[key] = self.gpu.load(image)
+    return Program(self, self.modules[key][r.name], r.name, r.groups, r.block)
+
+  def compile(self, kernel, name: str) -> Program:
+    from ..codegen import amd as amd_codegen
+    return self._load(amd_codegen.render(kernel, name, self.target))
+
+
+def amd_device_count() -> int:
+  """How many AMD GPUs KFD (or the simulator) presents; 0, never an error, without them."""
+  try: return len(driver.process().gpus)
+  except (AmdError, OSError): return 0
+
+
+register("AMD", AMDRuntime, amd_device_count)
