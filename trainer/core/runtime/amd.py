@@ -7,7 +7,12 @@ for a marker of the compute work queued before it (on both devices of a peer cop
 kernels wait for the copy's signal. Host memory goes through a CPU-visible staging buffer; a buffer
 of another AMD device is mapped into this GPU's page table on its first use (peer access). Freed
 buffers are kept for reuse by size. Kernels are rendered by codegen/amd.py, compiled by clang to code
-objects for the device's target and loaded by the driver. The collectives' events are signals."""
+objects for the device's target and loaded by the driver. The collectives' events are signals.
+
+Launches are held back until the next operation that needs the queues (a copy, a marker, a wait): then
+the kernels not compiled yet are compiled together, as one source and one code object (a compiler run
+costs ~50 ms before it compiles anything, ~10 ms per small kernel after), and the launches are queued
+in their order."""
 from __future__ import annotations
 import bisect, ctypes, hashlib
 import numpy as np
@@ -21,13 +26,15 @@ POOL_BYTES = 8 << 30      # freed device memory kept for reuse, per device
 
 
 class Program:
-  __slots__ = ("rt", "prog", "name", "groups", "block")
-  def __init__(self, rt, prog, name, groups, block): self.rt, self.prog, self.name, self.groups, self.block = rt, prog, name, groups, block
-  def __call__(self, *handles): self.rt.gpu.launch(self.prog, [int(h) for h in handles], self.groups, (self.block, 1, 1))
+  """A rendered kernel; `prog` (the loaded code) is set when the batch it is compiled in is built."""
+  __slots__ = ("rt", "r", "prog", "name", "groups", "block")
+  def __init__(self, rt, r):
+    self.rt, self.r, self.prog, self.name, self.groups, self.block = rt, r, None, r.name, r.groups, (r.block, 1, 1)
+  def __call__(self, *handles): self.rt.pending.append((self, [int(h) for h in handles]))
   def bind(self, *handles):
     """A zero-argument launch with the buffer addresses fixed (the JIT's replay unit)."""
-    args, launch, prog, groups, block = [int(h) for h in handles], self.rt.gpu.launch, self.prog, self.groups, (self.block, 1, 1)
-    return lambda: launch(prog, args, groups, block)
+    entry, pending = (self, [int(h) for h in handles]), self.rt.pending
+    return lambda: pending.append(entry)
 
 
 class AMDRuntime(Runtime):
@@ -38,6 +45,7 @@ class AMDRuntime(Runtime):
     self.staging = self.gpu.alloc(STAGING_BYTES, host=True)
     self.bos, self.starts, self.pool, self.pooled, self.sizes = {}, [], {}, 0, {}
     self.modules, self._accumulators = {}, {}
+    self.pending, self.unbuilt = [], []   # launches held back (Program, args); Programs not compiled yet
 
   # -- memory
   def alloc(self, nbytes: int) -> int:
@@ -78,6 +86,7 @@ class AMDRuntime(Runtime):
     (runtimes whose memory it touches), before any compute work queued later on all of them."""
     sig = self.gpu.signals
     rts = [self, *[o for o in others if o is not self]]
+    for rt in rts: rt.flush()
     before = [rt.gpu.mark_compute() for rt in rts]
     for b in before: self.gpu.copies.wait(b)
     self.gpu.copies.copy(dst, src, nbytes)
@@ -114,20 +123,27 @@ class AMDRuntime(Runtime):
     else: dst_rt.copyin(dst, self.copyout(src, nbytes))
 
   def synchronize(self):
+    self.flush()
     m = self.gpu.mark_compute()
     self.gpu.signals.wait(m, f"the work queued on {self.name}")
     self.gpu.signals.release(m)
     self.gpu.drain()
 
   # -- what the collectives build on: SDMA copies into this device, signals as events
-  def mark(self): return self.gpu.mark_compute()
-  def wait(self, events): self.gpu.compute.barrier([e for e in events if e is not None])
+  def mark(self):
+    self.flush()
+    return self.gpu.mark_compute()
+
+  def wait(self, events):
+    self.flush()
+    self.gpu.compute.barrier([e for e in events if e is not None])
   def release(self, events):
     for e in events:
       if e is not None: self.gpu.signals.release(e)
 
   def copy_async(self, src_rt, dst, src, nbytes: int, after=()):
     if not isinstance(src_rt, AMDRuntime): return super().copy_async(src_rt, dst, src, nbytes, after)
+    self.flush(); src_rt.flush()
     q = self.gpu.copies
     for e in after:
       if e is not None: q.wait(e)
@@ -140,23 +156,46 @@ class AMDRuntime(Runtime):
     key = (dtype, op, scale)
     if key not in self._accumulators:
       from ..codegen.amd import render_accumulate
-      self._accumulators[key] = self._load(render_accumulate(dtype, op, scale, f"accumulate_{dtype.name}_{op}"))
+      self._accumulators[key] = self._program(render_accumulate(dtype, op, scale, f"accumulate_{dtype.name}_{op}"))
     if n:
       p = self._accumulators[key]
-      groups = min(1024, -(-n // p.block))
-      self.gpu.launch(p.prog, [int(dst), int(src), n, groups * p.block], (groups, 1, 1), (p.block, 1, 1))
+      groups = min(1024, -(-n // p.block[0]))
+      self.pending.append((_Sized(p, (groups, 1, 1)), [int(dst), int(src), n, groups * p.block[0]]))
 
   # -- kernels
-  def _load(self, r) -> Program:
-    from ..codegen.amd import embed
-    image = compiler.compile_source(embed(r), self.target, r.name)
-    key = hashlib.sha256(image).hexdigest()
-    if key not in self.modules: self.modules[key] = self.gpu.load(image)
-    return Program(self, self.modules[key][r.name], r.name, r.groups, r.block)
+  def _program(self, r) -> Program:
+    p = Program(self, r)
+    self.unbuilt.append(p)
+    return p
 
   def compile(self, kernel, name: str) -> Program:
     from ..codegen import amd as amd_codegen
-    return self._load(amd_codegen.render(kernel, name, self.target))
+    return self._program(amd_codegen.render(kernel, name, self.target))
+
+  def flush(self):
+    """Compile what is not compiled yet (one code object), then queue the held-back launches."""
+    if self.unbuilt:
+      from ..codegen.amd import source
+      progs, self.unbuilt = self.unbuilt, []
+      while progs:   # kernels of one code object need distinct names
+        names, batch, rest = set(), [], []
+        for p in progs:
+          (rest if p.name in names else batch).append(p); names.add(p.name)
+        image = compiler.compile_source(source([p.r for p in batch]), self.target, ", ".join(p.name for p in batch))
+        key = hashlib.sha256(image).hexdigest()
+        if key not in self.modules: self.modules[key] = self.gpu.load(image)
+        for p in batch: p.prog = self.modules[key][p.name]
+        progs = rest
+    pending, self.pending = self.pending, []
+    for p, args in pending: self.gpu.launch(p.prog, args, p.groups, p.block)
+
+
+class _Sized:
+  """A program launched with its own number of work-groups."""
+  __slots__ = ("program", "groups")
+  def __init__(self, program, groups): self.program, self.groups = program, groups
+  prog = property(lambda self: self.program.prog)
+  block = property(lambda self: self.program.block)
 
 
 def amd_device_count() -> int:

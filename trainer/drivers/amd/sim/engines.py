@@ -130,7 +130,7 @@ class AqlEngine(_Engine):
       self.fault(f"{k.name}: built for wave {kd.wave_size}, the GPU runs wave {self.gpu.wave}")
     src = co.source()
     if src is None: self.fault(f"{k.name}: the code object carries no source (the simulator runs kernels from their source)")
-    return kd, k.meta, runner.build(src, k.meta, self.gpu.wave)
+    return kd, k.meta, runner.build(src, [c.meta for c in co.kernels.values()], self.gpu.wave)[k.name]
 
 
 class SdmaEngine(_Engine):
