@@ -186,7 +186,8 @@ class AMDRuntime(Runtime):
         if key not in self.modules: self.modules[key] = self.gpu.load(image)
         for p in batch: p.prog = self.modules[key][p.name]
         progs = rest
-    pending, self.pending = self.pending, []
+    pending = list(self.pending)
+    self.pending.clear()   # in place: bound launches (`Program.bind`) hold this list
     for p, args in pending: self.gpu.launch(p.prog, args, p.groups, p.block)
 
 

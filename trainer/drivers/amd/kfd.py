@@ -4,7 +4,7 @@ against the system's header), the ioctl numbers computed as the kernel's _IOC ma
 flag and type constants the driver uses. Nothing here does any I/O.
 """
 from __future__ import annotations
-import ctypes
+import ctypes, functools
 
 u32, u64, s32 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
 
@@ -15,6 +15,12 @@ KFD_IOCTL_BASE = ord("K")
 
 def _ioc(direction: int, nr: int, struct) -> int:
   return (direction << 30) | (ctypes.sizeof(struct) << 16) | (KFD_IOCTL_BASE << 8) | nr
+
+
+@functools.lru_cache(maxsize=None)
+def array_type(ctype, n: int) -> type:
+  """ctype * n, made once: each new ctypes array type is a reference cycle the garbage collector must find."""
+  return ctype * n
 
 
 def _struct(name: str, fields: list) -> type:

@@ -25,7 +25,7 @@ class Bo:
   def view(self, offset: int = 0, size: int | None = None):
     """The CPU's view of [offset, offset+size) as a ctypes char array."""
     assert self.cpu, "this buffer is not CPU-visible"
-    return (ctypes.c_char * (self.size - offset if size is None else size)).from_address(self.va + offset)
+    return kfd.array_type(ctypes.c_char, self.size - offset if size is None else size).from_address(self.va + offset)
 
 
 class Memory:
@@ -54,7 +54,7 @@ class Memory:
     """Map bo into these GPUs' page tables too (those that have it already are skipped)."""
     new = [g for g in gpus if g not in bo.mapped]
     if not new: return
-    ids = (ctypes.c_uint32 * len(new))(*new)
+    ids = kfd.array_type(ctypes.c_uint32, len(new))(*new)
     a = kfd.map_memory_to_gpu_args(handle=bo.handle, device_ids_array_ptr=ctypes.addressof(ids), n_devices=len(new))
     try: self.os.ioctl(self.fd, kfd.MAP_MEMORY_TO_GPU, a)
     except OSError as e:
@@ -64,7 +64,7 @@ class Memory:
 
   def free(self, bo: Bo):
     if bo.mapped:
-      ids = (ctypes.c_uint32 * len(bo.mapped))(*bo.mapped)
+      ids = kfd.array_type(ctypes.c_uint32, len(bo.mapped))(*bo.mapped)
       self.os.ioctl(self.fd, kfd.UNMAP_MEMORY_FROM_GPU, kfd.unmap_memory_from_gpu_args(
         handle=bo.handle, device_ids_array_ptr=ctypes.addressof(ids), n_devices=len(bo.mapped)))
       bo.mapped = []

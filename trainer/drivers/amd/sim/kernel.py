@@ -130,7 +130,7 @@ class SimKernel:
     del self.bos[bo.handle]
 
   def _ids(self, a) -> list[int]:
-    return list((ctypes.c_uint32 * a.n_devices).from_address(a.device_ids_array_ptr))
+    return list(kfd.array_type(ctypes.c_uint32, a.n_devices).from_address(a.device_ids_array_ptr))
 
   def _map(self, a):
     bo = self._bo(a.handle)
@@ -213,7 +213,7 @@ class SimKernel:
 
   def _wait_events(self, a):
     progress = self.run_queues()
-    data = (kfd.event_data * a.num_events).from_address(a.events_ptr)
+    data = kfd.array_type(kfd.event_data, a.num_events).from_address(a.events_ptr)
     hit = False
     for d in data:
       ev = self.events.get(d.event_id)

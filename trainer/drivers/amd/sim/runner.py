@@ -14,6 +14,7 @@ SHIM_H, SHIM_C = (open(os.path.join(HERE, f)).read() for f in ("shim.h", "shim.c
 RESULTS = {1: "a barrier that not every work-item of its work-group (or wave) reached", 2: "a work-group of more than 1024 work-items",
            3: "no memory for the work-items' stacks"}
 _loaded: dict = {}
+GROUPS = ctypes.c_longlong * 3
 
 
 def _param(arg: dict) -> str:
@@ -77,5 +78,5 @@ def build(source: str, kernels: list, wave: int) -> dict:
 
 def run(fn, kernarg: int, groups: tuple, lanes: int) -> str | None:
   """Run all work-groups; None, or what went wrong."""
-  r = fn(kernarg, (ctypes.c_longlong * 3)(*groups), lanes)
+  r = fn(kernarg, GROUPS(*groups), lanes)
   return RESULTS.get(r, f"status {r}") if r else None
