@@ -225,7 +225,9 @@ def render_accumulate(dtype, op: str, scale: float | None, name: str) -> Rendere
   st, ct = STORAGE[dtype], ctype(dtype)
   a, b = load_expr(dtype, "dst[g]"), load_expr(dtype, "src[g]")
   val = f"({a}>{b}?{a}:{b})" if op == "max" or dtype is dtypes.bool else f"({a}+{b})"
-  if scale is not None: val = f"(({ct})((float){val}*{literal(scale, dtypes.float32)}))"
+  if scale is not None:   # an integer sum wraps to its type before the scale, as on the CPU devices
+    wide = f"(float)({st})({val})" if dtype.is_int else f"(float){val}"
+    val = f"(({ct})({wide}*{literal(scale, dtypes.float32)}))"
   src = (f"K_KERNEL void {name}({st}* __restrict__ dst, const {st}* __restrict__ src, unsigned long long n, unsigned long long step) {{\n"
          f"for (unsigned long long g = (unsigned long long)K_GROUP_X * {BLOCK} + K_TID_X; g < n; g += step)"
          f" dst[g] = {store_expr(dtype, val)};\n}}\n")
