@@ -16,10 +16,10 @@ in their order."""
 from __future__ import annotations
 import bisect, ctypes, hashlib
 import numpy as np
-from ..device import Runtime, register
+from ..device import Runtime, OutOfMemoryError, register
 from ...drivers.amd import device as driver
 from ...drivers.amd import compiler
-from ...drivers.amd.kfd import AmdError
+from ...drivers.amd.kfd import AmdError, OutOfDeviceMemory
 
 STAGING_BYTES = 8 << 20   # the host staging buffer, per device: copies of more go in pieces
 POOL_BYTES = 8 << 30      # freed device memory kept for reuse, per device
@@ -55,7 +55,12 @@ class AMDRuntime(Runtime):
       self.pooled -= nbytes
       h = free.pop()
     else:
-      bo = self.gpu.alloc(nbytes)
+      try: bo = self.gpu.alloc(nbytes)
+      except OutOfDeviceMemory:
+        if not self.pooled: raise OutOfMemoryError(self.name, nbytes, self.in_use) from None
+        self._drain_pool()   # buffers parked in the pool go back, then once more
+        try: bo = self.gpu.alloc(nbytes)
+        except OutOfDeviceMemory: raise OutOfMemoryError(self.name, nbytes, self.in_use) from None
       h = bo.va
       self.bos[h] = bo
       bisect.insort(self.starts, h)
@@ -65,12 +70,17 @@ class AMDRuntime(Runtime):
   def free(self, handle):
     size = self.sizes.pop(handle, None)
     if size is None: return
-    if self.pooled + size > POOL_BYTES:
-      self.synchronize()
-      self.starts.remove(handle)
-      self.gpu.memory.free(self.bos.pop(handle))
-      return
     self.pool.setdefault(size, []).append(handle); self.pooled += size
+    if self.pooled > POOL_BYTES: self._drain_pool()
+
+  def _drain_pool(self):
+    """Give the pooled buffers back to KFD (after the queued work that may still use them)."""
+    self.synchronize()
+    for handles in self.pool.values():
+      for h in handles:
+        self.starts.remove(h)
+        self.gpu.memory.free(self.bos.pop(h))
+    self.pool, self.pooled = {}, 0
 
   def bo_of(self, addr: int):
     i = bisect.bisect(self.starts, addr) - 1

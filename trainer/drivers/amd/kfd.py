@@ -124,5 +124,9 @@ class AmdError(RuntimeError):
   """A failure of the AMD driver or the GPU, in words (which call, which GPU, what went wrong)."""
 
 
+class OutOfDeviceMemory(AmdError):
+  """KFD refused an allocation for want of memory (ENOMEM)."""
+
+
 class GpuFault(AmdError):
   """The GPU reported a memory fault or a hardware exception (KFD MEMORY / HW_EXCEPTION event)."""

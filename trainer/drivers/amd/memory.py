@@ -2,7 +2,7 @@
 choose, CPU-mapped at the same address where the CPU may touch them (CPU VA == GPU VA), and mapped
 into the page tables of one or several GPUs (MAP_MEMORY_TO_GPU: a peer mapping is one more gpu_id)."""
 from __future__ import annotations
-import ctypes
+import ctypes, errno
 from dataclasses import dataclass, field
 from . import kfd
 from .os_seam import PROT_NONE, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_NORESERVE
@@ -44,7 +44,8 @@ class Memory:
     except OSError as e:
       self.os.munmap(res, size + align)
       kind = "VRAM" if flags & kfd.MEM_VRAM else "GTT" if flags & kfd.MEM_GTT else "memory"
-      raise kfd.AmdError(f"ALLOC_MEMORY_OF_GPU of {size} bytes of {kind} on gpu_id {gpu_id} failed: {e.strerror}") from None
+      err = kfd.OutOfDeviceMemory if e.errno == errno.ENOMEM else kfd.AmdError
+      raise err(f"ALLOC_MEMORY_OF_GPU of {size} bytes of {kind} on gpu_id {gpu_id} failed: {e.strerror}") from None
     bo = Bo(va, size, a.handle, gpu_id, flags, (res, size + align), cpu)
     if cpu: self.os.mmap(va, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.render_fds[gpu_id], a.mmap_offset)
     self.map(bo, gpus or [gpu_id])
