@@ -58,20 +58,25 @@ LLAMA = [os.path.join(ROOT, "recipes/llama_tiny.yaml"), "--set", "model.n_layers
          "--max-steps", "3", "--no-progress", "--print-losses"]
 
 
-def losses(args, tmp_path, name, env=None):
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *LLAMA, *args, "--set", f"checkpoint.dir={tmp_path}/{name}",
-                      "--results", str(tmp_path / f"r{name}")], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                     env={**os.environ, **(env or {})})
-  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-  return [float(l.split()[-1]) for l in r.stdout.splitlines() if l.startswith("step ")]
+def launch(args, tmp_path, name, env=None):
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *LLAMA, *args, "--set", f"checkpoint.dir={tmp_path}/{name}",
+                           "--results", str(tmp_path / f"r{name}")], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+def losses(p) -> list[float]:
+  out, err = p.communicate(timeout=600)
+  assert p.returncode == 0, out[-2000:] + err[-3000:]
+  return [float(l.split()[-1]) for l in out.splitlines() if l.startswith("step ")]
 
 
 @needs_clang
 def test_llama_tiny_trains_on_two_simulated_gpus_like_the_cpu(tmp_path):
+  """The three runs at once (two cores; most of their time is compiling)."""
   sim = {"TRAINER_AMD_SIM": "gfx942,gfx942"}
-  cpu = losses([], tmp_path, "cpu")
-  dp = losses(["--set", "mesh.device=AMD", "--set", "mesh.dp=2", "--set", "train.micro_batch_size=4"], tmp_path, "dp", sim)
-  tp = losses(["--set", "mesh.device=AMD", "--set", "mesh.tp=2"], tmp_path, "tp", sim)
+  runs = [launch([], tmp_path, "cpu"), launch(["--set", "mesh.device=AMD", "--set", "mesh.dp=2", "--set", "train.micro_batch_size=4"], tmp_path, "dp", sim),
+          launch(["--set", "mesh.device=AMD", "--set", "mesh.tp=2"], tmp_path, "tp", sim)]
+  cpu, dp, tp = (losses(p) for p in runs)
   assert len(cpu) == 3 and cpu[0] > cpu[-1]
   np.testing.assert_allclose(dp, cpu, rtol=1e-5)
   np.testing.assert_allclose(tp, cpu, rtol=1e-5)

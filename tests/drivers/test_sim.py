@@ -114,8 +114,8 @@ def test_missing_waits_show_as_wrong_data(machine):
   machine(["gfx942"])
   p = driver.process()
   d = p.device(0)
-  r = render_accumulate(dtypes.int32, "sum", None, "acc")
-  prog = d.load(compile_source(source([r]), "gfx942"))["acc"]
+  r = render_accumulate(dtypes.int32, "sum", None)
+  prog = d.load(compile_source(source([r]), "gfx942"))[r.name]
   x, y = _host_buffer(d, np.arange(64, dtype=np.int32).tobytes()), _host_buffer(d, np.full(64, 5, np.int32).tobytes())
   for ordered in (False, True):
     out = _host_buffer(d, b"\0" * 256)

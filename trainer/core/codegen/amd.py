@@ -5,19 +5,22 @@ LDS arrays, the work-group barrier, the matrix-core operations), defined here fo
 `__AMDGCN__`; the simulated GPU (drivers/amd/sim) compiles the very same source for the host with
 its own definitions of them. The source is embedded in the code object it becomes (as the symbol
 `trainer_source`), so a code object in GPU memory says what it runs.
-  * elementwise: one work-item per output element, a grid-stride loop over the flat output index;
+  * elementwise: one work-item per output element, a grid-stride loop over the flat output index; the
+    loop nest's integers are kernel parameters, so kernels that differ only in shape share a code object;
   * reductions: a work-group per output whose work-items stride over the reduce index and combine
     through LDS in a fixed tree (deterministic); one work-item per output when the reduce is short;
-  * contractions (codegen/gemm.match): the matrix cores, one wave per 16x16 output tile: MFMA
+  * contractions (codegen/gemm.match): the matrix cores, one wave per 16x16 output tile (sizes, strides and
+    offsets are parameters, as above): MFMA
     f32_16x16x4f32 on CDNA (wave 64, every float dtype widened to float32), WMMA f32_16x16x16 on
     RDNA3 (wave 32, float16 or bfloat16 operands); other contractions run as reductions.
 """
 from __future__ import annotations
+import hashlib
 from dataclasses import dataclass
 from ..ops import Op
 from ..schedule import Kernel
 from ..dtypes import dtypes
-from .loops import lower, LoopNest
+from .loops import lower, LoopNest, Access
 from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, PRELUDE
 from . import gemm
 from .cpu import index, _int_min
@@ -69,6 +72,7 @@ class Rendered:
   name: str
   groups: tuple         # work-groups in x, y, z
   block: int            # work-items per work-group (x only)
+  args: tuple = ()      # values of the integer parameters after the buffers
 
   @property
   def src(self) -> str: return HEADER + self.body
@@ -85,52 +89,79 @@ def matrix_core(target: str) -> str | None:
 def source(kernels: list) -> str:
   """One source for several rendered kernels (a code object holding them all), carrying itself: the
   source is appended as the `trainer_source` string."""
-  src = HEADER + "".join(r.body for r in kernels)
+  src = HEADER + "".join({r.name: r.body for r in kernels}.values())   # a kernel given twice is there once
   text = src.encode()
   data = ",".join(str(b) for b in text + b"\0")
   return src + f'__attribute__((used, visibility("default"))) const char trainer_source[{len(text) + 1}] = {{{data}}};\n'
 
 
-def render(k: Kernel, name: str, target: str) -> Rendered:
+def render(k: Kernel, target: str) -> Rendered:
+  """The kernel for `target`, named by the hash of its text (kernels that differ only in their
+  integers are one kernel with other parameter values)."""
   nest = lower(k)
   g = gemm.match(k, nest)
   mc = matrix_core(target)
-  if g is not None and mc == "mfma": return _mfma(k, g, name)
-  if g is not None and mc == "wmma" and _wmma_dtype(k, g): return _wmma(k, g, name)
-  if k.reduce is None: return _elementwise(k, nest, name)
-  return _reduce(k, nest, name)
+  if g is not None and mc == "mfma": return _mfma(k, g)
+  if g is not None and mc == "wmma" and _wmma_dtype(k, g): return _wmma(k, g)
+  if k.reduce is None: return _elementwise(k, nest)
+  return _reduce(k, nest)
 
 
-def _signature(k: Kernel, name: str) -> str:
+def _signature(k: Kernel, name: str, params=()) -> str:
   rs = "" if k.output.op is Op.ASSIGN else " __restrict__"
   args = [f"{STORAGE[k.output.dtype]}*{rs} out"] + [f"const {STORAGE[b.dtype]}*{rs} in{i}" for i, b in enumerate(k.inputs)]
-  return f"K_KERNEL void {name}({', '.join(args)})"
+  return f"K_KERNEL void {name}({', '.join(args + list(params))})"
 
 
-def _source(k: Kernel, name: str, lines: list) -> str:
-  return _signature(k, name) + " {\n" + amd_spelling("\n".join(lines)) + "\n}\n"
+def _source(k: Kernel, name: str, lines: list, params=()) -> str:
+  return _signature(k, name, params) + " {\n" + amd_spelling("\n".join(lines)) + "\n}\n"
 
 
-def _elementwise(k: Kernel, nest: LoopNest, name: str) -> Rendered:
+class Sym(str):
+  """An integer of the loop nest passed as a kernel parameter: printed as the parameter's name, and to the
+  shared index code (cpu.index, cpu.valid) never 0 or 1 and always > 0, so it writes every term and bound."""
+  def __gt__(self, other): return True
+
+
+def _symbolic(nest: LoopNest) -> tuple[LoopNest, list]:
+  """The nest with every extent, stride, offset and mask bound a parameter p0, p1, ..., and their values."""
+  values = []
+  def p(v):
+    values.append(int(v)); return Sym(f"p{len(values) - 1}")
+  def acc(a): return Access(tuple(p(s) for s in a.strides), p(a.offset), None if a.mask is None else tuple((p(lo), p(hi)) for lo, hi in a.mask))
+  shape = tuple(p(s) for s in nest.shape)
+  return LoopNest(shape, nest.n_out, {i: acc(a) for i, a in nest.access.items()}, acc(nest.out), nest.nodes), values
+
+
+def _elementwise(k: Kernel, nest: LoopNest) -> Rendered:
+  """Shapes, strides, offsets and masks are parameters, so one compiled kernel serves every kernel of the
+  same expression and rank."""
   it = _index_type(k, nest)
-  ex = _Exprs(k, nest, name)
+  sym, values = _symbolic(nest)
   total = _prod(nest.shape)
   groups = max(1, min(-(-total // BLOCK), MAX_GROUPS))
+  n_total, n_step = f"p{len(values)}", f"p{len(values) + 1}"
+  values += [total, groups * BLOCK]
+  ex = _Exprs(k, sym, "KNAME")
   body, vals = [], {}
-  ex.expr_lines(nest.nodes, body, vals)
-  lines = [f"for ({it} gid = ({it})K_GROUP_X * {BLOCK} + K_TID_X; gid < {total}; gid += ({it}){groups * BLOCK}) {{",
-           *_unflatten("gid", ex.names, nest.shape, it), *body,
-           f"out[{index(nest.out, ex.names)}] = {store_expr(k.output.dtype, vals[id(k.ast)])};", "}"]
-  return Rendered(_source(k, name, lines), name, (groups, 1, 1), BLOCK)
+  ex.expr_lines(sym.nodes, body, vals)
+  lines = [f"for ({it} gid = ({it})K_GROUP_X * {BLOCK} + K_TID_X; gid < {n_total}; gid += {n_step}) {{",
+           *_unflatten("gid", ex.names, sym.shape, it), *body,
+           f"out[{index(sym.out, ex.names)}] = {store_expr(k.output.dtype, vals[id(k.ast)])};", "}"]
+  return _named(k, lines, values, (groups, 1, 1), BLOCK, it)
 
 
-def _reduce(k: Kernel, nest: LoopNest, name: str) -> Rendered:
+def _reduce(k: Kernel, nest: LoopNest) -> Rendered:
+  """Parameters as for _elementwise, except the work-group size (which follows the reduce extent)."""
   it = _index_type(k, nest)
   red = k.reduce
-  ex = _Exprs(k, nest, name)
-  names, n_out, shape = ex.names, nest.n_out, nest.shape
+  n_out = nest.n_out
+  O, R = _prod(nest.shape[:n_out]), _prod(nest.shape[n_out:])
+  sym, values = _symbolic(nest)
+  n_o, n_r, n_step = f"p{len(values)}", f"p{len(values) + 1}", f"p{len(values) + 2}"
+  ex = _Exprs(k, sym, "KNAME")
+  names, shape = ex.names, sym.shape
   onames, rnames = names[:n_out], names[n_out:]
-  O, R = _prod(shape[:n_out]), _prod(shape[n_out:])
   acc_t = ctype(red.dtype)
   r_op = red.arg[0]
   init = literal(0, red.dtype) if r_op is Op.SUM else (literal(float("-inf"), red.dtype) if red.dtype.is_float else _int_min(red.dtype))
@@ -140,25 +171,34 @@ def _reduce(k: Kernel, nest: LoopNest, name: str) -> Rendered:
   vals = {id(red): "acc"}
   epi = []
   ex.names = onames + ["0"] * len(rnames)
-  ex.expr_lines([u for u in nest.nodes if id(u) not in ivals and u is not red], epi, vals)
+  ex.expr_lines([u for u in sym.nodes if id(u) not in ivals and u is not red], epi, vals)
   ex.names = names
-  store = [*epi, f"out[{index(nest.out, onames + ['0'] * len(rnames))}] = {store_expr(k.output.dtype, vals[id(k.ast)])};"]
+  store = [*epi, f"out[{index(sym.out, onames + ['0'] * len(rnames))}] = {store_expr(k.output.dtype, vals[id(k.ast)])};"]
   point = [*_unflatten("r", rnames, shape[n_out:], it), *inner, f"acc = {comb('acc', ivals[id(red.srcs[0])])};"]
   if R <= SERIAL_REDUCE and O > 1:   # a work-item per output, the reduce index walked in order
-    groups = max(1, min(-(-O // BLOCK), MAX_GROUPS))
-    lines = [f"for ({it} o = ({it})K_GROUP_X * {BLOCK} + K_TID_X; o < {O}; o += ({it}){groups * BLOCK}) {{",
+    groups, block = max(1, min(-(-O // BLOCK), MAX_GROUPS)), BLOCK
+    lines = [f"for ({it} o = ({it})K_GROUP_X * {BLOCK} + K_TID_X; o < {n_o}; o += {n_step}) {{",
              *_unflatten("o", onames, shape[:n_out], it), f"{acc_t} acc = {init};",
-             f"for ({it} r = 0; r < {R}; r++) {{", *point, "}", *store, "}"]
-    return Rendered(_source(k, name, lines), name, (groups, 1, 1), BLOCK)
-  G = 32
-  while G < BLOCK and G * 8 <= R: G *= 2
-  lines = [f"K_LDS {acc_t} part[{G}];", f"const {it} o = K_GROUP_X;", "const int lane = K_TID_X;",
-           *_unflatten("o", onames, shape[:n_out], it), f"{acc_t} acc = {init};",
-           f"for ({it} r = lane; r < {R}; r += {G}) {{", *point, "}",
-           "part[lane] = acc;", "K_BARRIER();",
-           f"for (int s = {G // 2}; s > 0; s >>= 1) {{", f"if (lane < s) part[lane] = {comb('part[lane]', 'part[lane + s]')};",
-           "K_BARRIER();", "}", "if (lane == 0) {", "acc = part[0];", *store, "}"]
-  return Rendered(_source(k, name, lines), name, (max(O, 1), 1, 1), G)
+             f"for ({it} r = 0; r < {n_r}; r++) {{", *point, "}", *store, "}"]
+  else:
+    G = 32
+    while G < BLOCK and G * 8 <= R: G *= 2
+    groups, block = max(O, 1), G
+    lines = [f"K_LDS {acc_t} part[{G}];", f"const {it} o = K_GROUP_X;", "const int lane = K_TID_X;",
+             *_unflatten("o", onames, shape[:n_out], it), f"{acc_t} acc = {init};",
+             f"for ({it} r = lane; r < {n_r}; r += {G}) {{", *point, "}",
+             "part[lane] = acc;", "K_BARRIER();",
+             f"for (int s = {G // 2}; s > 0; s >>= 1) {{", f"if (lane < s) part[lane] = {comb('part[lane]', 'part[lane + s]')};",
+             "K_BARRIER();", "}", "if (lane == 0) {", "acc = part[0];", *store, "}"]
+  values += [O, R, groups * block]
+  return _named(k, lines, values, (groups, 1, 1), block, it)
+
+
+def _named(k: Kernel, lines: list, values: list, groups: tuple, block: int, it: str) -> Rendered:
+  """A kernel with integer parameters p0.. (`values`), named by the hash of its text."""
+  src = _source(k, "KNAME", lines, [f"{it} p{i}" for i in range(len(values))])
+  name = "k" + hashlib.sha256(src.encode()).hexdigest()[:20]
+  return Rendered(src.replace("KNAME", name), name, groups, block, tuple(values))
 
 
 def _batch_offsets(g: gemm.Gemm) -> tuple[list, str, str, str]:
@@ -170,16 +210,27 @@ def _batch_offsets(g: gemm.Gemm) -> tuple[list, str, str, str]:
   return lines, off(g.oa, 1), off(g.ob, 2), off(g.oc, 3)
 
 
+def _symbolic_gemm(g: gemm.Gemm) -> tuple[gemm.Gemm, list]:
+  """g with its sizes, strides and offsets as parameters p0.., and their values (the operand indices stay)."""
+  values = []
+  def p(v):
+    values.append(int(v)); return Sym(f"p{len(values) - 1}")
+  return gemm.Gemm(p(g.M), p(g.N), p(g.K), g.a, g.b, tuple(map(p, g.sa)), tuple(map(p, g.sb)), p(g.oa), p(g.ob), p(g.oc),
+                   p(g.scm), p(g.scn), [tuple(map(p, e)) for e in g.batch]), values
+
+
 def _gemm_groups(g: gemm.Gemm) -> tuple:
   nb = 1
   for e, *_ in g.batch: nb *= e
   return (-(-g.N // TILE), -(-g.M // TILE), nb)
 
 
-def _mfma(k: Kernel, g: gemm.Gemm, name: str) -> Rendered:
+def _mfma(k: Kernel, g: gemm.Gemm) -> Rendered:
   """One wave of 64 per 16x16 tile: lane l holds A[i = l%16][k = l/16] and B[k = l/16][j = l%16] of each
   4-deep step and, after them, D[4 (l/16) + r][l%16] in its accumulator r."""
   ta, tb, to = k.inputs[g.a].dtype, k.inputs[g.b].dtype, k.output.dtype
+  groups = _gemm_groups(g)
+  g, values = _symbolic_gemm(g)
   head, oa, ob, oc = _batch_offsets(g)
   (sam, sak), (sbk, sbn) = g.sa, g.sb
   lines = [*head, "const int l = K_TID_X;", f"const long long i = K_GROUP_Y * {TILE} + (l & 15), j = K_GROUP_X * {TILE} + (l & 15);",
@@ -190,7 +241,7 @@ def _mfma(k: Kernel, g: gemm.Gemm, name: str) -> Rendered:
            "acc = K_MFMA_F32_16X16X4F32(a, b, acc);", "}",
            "for (int r = 0; r < 4; r++) {", f"const long long row = K_GROUP_Y * {TILE} + 4 * (l >> 4) + r, col = K_GROUP_X * {TILE} + (l & 15);",
            f"if (row < {g.M} && col < {g.N}) out[{oc} + row*({g.scm}) + col*({g.scn})] = {store_expr(to, 'acc[r]')};", "}"]
-  return Rendered(_source(k, name, lines), name, _gemm_groups(g), 64)
+  return _named(k, lines, values, groups, 64, "long long")
 
 
 def _wmma_dtype(k: Kernel, g: gemm.Gemm):
@@ -199,12 +250,14 @@ def _wmma_dtype(k: Kernel, g: gemm.Gemm):
   return ta if ta is tb and ta in (dtypes.float16, dtypes.bfloat16) else None
 
 
-def _wmma(k: Kernel, g: gemm.Gemm, name: str) -> Rendered:
+def _wmma(k: Kernel, g: gemm.Gemm) -> Rendered:
   """One wave of 32 per 16x16 tile: lane l holds row l%16 of A and column l%16 of B, 16 deep (lanes
   16-31 repeat lanes 0-15), and after them D[2 r + l/16][l%16] in its accumulator r."""
   dt = _wmma_dtype(k, g)
   vec, op, zero = ("k_f16x16", "K_WMMA_F32_16X16X16_F16", "(half)0.0f") if dt is dtypes.float16 else ("k_i16x16", "K_WMMA_F32_16X16X16_BF16", "0")
   elem = "half" if dt is dtypes.float16 else "short"
+  groups = _gemm_groups(g)
+  g, values = _symbolic_gemm(g)
   head, oa, ob, oc = _batch_offsets(g)
   (sam, sak), (sbk, sbn) = g.sa, g.sb
   lines = [*head, "const int l = K_TID_X;", f"const long long i = K_GROUP_Y * {TILE} + (l & 15), j = K_GROUP_X * {TILE} + (l & 15);",
@@ -216,10 +269,10 @@ def _wmma(k: Kernel, g: gemm.Gemm, name: str) -> Rendered:
            f"acc = {op}(a, b, acc);", "}",
            "for (int r = 0; r < 8; r++) {", f"const long long row = K_GROUP_Y * {TILE} + 2 * r + (l >> 4), col = K_GROUP_X * {TILE} + (l & 15);",
            f"if (row < {g.M} && col < {g.N}) out[{oc} + row*({g.scm}) + col*({g.scn})] = {store_expr(k.output.dtype, 'acc[r]')};", "}"]
-  return Rendered(_source(k, name, lines), name, _gemm_groups(g), 32)
+  return _named(k, lines, values, groups, 32, "long long")
 
 
-def render_accumulate(dtype, op: str, scale: float | None, name: str) -> Rendered:
+def render_accumulate(dtype, op: str, scale: float | None) -> Rendered:
   """dst[i] = op(dst[i], src[i]) (* scale) for i < n: the collectives' local reduction, one kernel for every
   size (arguments dst, src, n and the grid's work-item count)."""
   st, ct = STORAGE[dtype], ctype(dtype)
@@ -228,7 +281,8 @@ def render_accumulate(dtype, op: str, scale: float | None, name: str) -> Rendere
   if scale is not None:   # an integer sum wraps to its type before the scale, as on the CPU devices
     wide = f"(float)({st})({val})" if dtype.is_int else f"(float){val}"
     val = f"(({ct})({wide}*{literal(scale, dtypes.float32)}))"
-  src = (f"K_KERNEL void {name}({st}* __restrict__ dst, const {st}* __restrict__ src, unsigned long long n, unsigned long long step) {{\n"
+  src = (f"K_KERNEL void KNAME({st}* __restrict__ dst, const {st}* __restrict__ src, unsigned long long n, unsigned long long step) {{\n"
          f"for (unsigned long long g = (unsigned long long)K_GROUP_X * {BLOCK} + K_TID_X; g < n; g += step)"
          f" dst[g] = {store_expr(dtype, val)};\n}}\n")
-  return Rendered(amd_spelling(src), name, (0, 1, 1), BLOCK)   # groups chosen per launch (n elements, `step` = groups x BLOCK)
+  name = f"accumulate_{dtype.name}_{op}_{hashlib.sha256(src.encode()).hexdigest()[:8]}"   # the scale is in the text
+  return Rendered(amd_spelling(src.replace("KNAME", name)), name, (0, 1, 1), BLOCK)   # groups per launch (n elements, `step` = groups x BLOCK)

@@ -30,10 +30,10 @@ class Program:
   __slots__ = ("rt", "r", "prog", "name", "groups", "block")
   def __init__(self, rt, r):
     self.rt, self.r, self.prog, self.name, self.groups, self.block = rt, r, None, r.name, r.groups, (r.block, 1, 1)
-  def __call__(self, *handles): self.rt.pending.append((self, [int(h) for h in handles]))
+  def __call__(self, *handles): self.rt.pending.append((self, [int(h) for h in handles] + list(self.r.args)))
   def bind(self, *handles):
     """A zero-argument launch with the buffer addresses fixed (the JIT's replay unit)."""
-    entry, pending = (self, [int(h) for h in handles]), self.rt.pending
+    entry, pending = (self, [int(h) for h in handles] + list(self.r.args)), self.rt.pending
     return lambda: pending.append(entry)
 
 
@@ -46,6 +46,7 @@ class AMDRuntime(Runtime):
     self.bos, self.starts, self.pool, self.pooled, self.sizes = {}, [], {}, 0, {}
     self.modules, self._accumulators = {}, {}
     self.pending, self.unbuilt = [], []   # launches held back (Program, args); Programs not compiled yet
+    self.kernels = {}                     # kernel name -> its loaded code (a name is unique to its source)
 
   # -- memory
   def alloc(self, nbytes: int) -> int:
@@ -166,7 +167,7 @@ class AMDRuntime(Runtime):
     key = (dtype, op, scale)
     if key not in self._accumulators:
       from ..codegen.amd import render_accumulate
-      self._accumulators[key] = self._program(render_accumulate(dtype, op, scale, f"accumulate_{dtype.name}_{op}"))
+      self._accumulators[key] = self._program(render_accumulate(dtype, op, scale))
     if n:
       p = self._accumulators[key]
       groups = min(1024, -(-n // p.block[0]))
@@ -175,27 +176,26 @@ class AMDRuntime(Runtime):
   # -- kernels
   def _program(self, r) -> Program:
     p = Program(self, r)
-    self.unbuilt.append(p)
+    if r.name in self.kernels: p.prog = self.kernels[r.name]
+    else: self.unbuilt.append(p)
     return p
 
   def compile(self, kernel, name: str) -> Program:
     from ..codegen import amd as amd_codegen
-    return self._program(amd_codegen.render(kernel, name, self.target))
+    return self._program(amd_codegen.render(kernel, self.target))   # named by its text, not by `name`
 
   def flush(self):
     """Compile what is not compiled yet (one code object), then queue the held-back launches."""
     if self.unbuilt:
       from ..codegen.amd import source
       progs, self.unbuilt = self.unbuilt, []
-      while progs:   # kernels of one code object need distinct names
-        names, batch, rest = set(), [], []
-        for p in progs:
-          (rest if p.name in names else batch).append(p); names.add(p.name)
-        image = compiler.compile_source(source([p.r for p in batch]), self.target, ", ".join(p.name for p in batch))
+      new = list({p.name: p.r for p in progs if p.name not in self.kernels}.values())   # one of each name
+      if new:
+        image = compiler.compile_source(source(new), self.target, ", ".join(r.name for r in new))
         key = hashlib.sha256(image).hexdigest()
         if key not in self.modules: self.modules[key] = self.gpu.load(image)
-        for p in batch: p.prog = self.modules[key][p.name]
-        progs = rest
+        self.kernels.update(self.modules[key])
+      for p in progs: p.prog = self.kernels[p.name]
     pending = list(self.pending)
     self.pending.clear()   # in place: bound launches (`Program.bind`) hold this list
     for p, args in pending: self.gpu.launch(p.prog, args, p.groups, p.block)

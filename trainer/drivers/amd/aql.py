@@ -37,7 +37,7 @@ BARRIER_DEPS = 5
 QUEUE_TYPE_MULTI = 0                      # HSA_QUEUE_TYPE_MULTI
 QUEUE_PROPERTIES_IS_PTR64 = 1 << 1        # AMD_QUEUE_PROPERTIES_IS_PTR64
 RING_PACKETS = 1024                       # 64 KiB ring
-KERNARG_SLOT = 512                        # bytes of kernel arguments per ring slot (reused with the slot)
+KERNARG_SLOT = 4096                       # bytes of kernel arguments per ring slot (reused with the slot; 4 MiB in all)
 EOP_BYTES = 4096                          # the CP's end-of-pipe buffer
 # context save area (CWSR) per XCC, as the firmware needs it: a control stack of 8 (gfx9) or 12 (gfx10+)
 # bytes per wave slot plus a header, then per CU the registers (VGPR+AGPR, SGPR), LDS and hardware state
