@@ -64,7 +64,7 @@ def main():
     s = d.mark_copies(); d.signals.wait(s, "an SDMA marker")
     return "AQL and SDMA queues made, markers signalled"
 
-  from trainer.core import Tensor, dtypes
+  from trainer.core import Tensor
   @step("kernel")
   def _():
     x = np.random.default_rng(0).standard_normal(100_003).astype(np.float32)

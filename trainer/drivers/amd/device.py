@@ -121,8 +121,7 @@ class Gpu:
   def drain(self):
     """Wait until both queues are idle (every packet given has run)."""
     for q in (self.compute, self.copies):
-      q_ = q
-      self.signals.wait_until(q_.idle, f"the {type(q).__name__} of {self.gpu.target} gpu_id {self.gpu.gpu_id}")
+      self.signals.wait_until(q.idle, f"the {type(q).__name__} of {self.gpu.target} gpu_id {self.gpu.gpu_id}")
 
 
 def _hidden(kind: str, groups, block):

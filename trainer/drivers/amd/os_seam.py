@@ -3,7 +3,7 @@ reads, and the doorbell store (a write to a page the kernel mapped, the one memo
 not plain memory). `LinuxOs` does them with real system calls; the simulator (sim/) is another
 object with the same methods, chosen by TRAINER_AMD_SIM (see `system`)."""
 from __future__ import annotations
-import ctypes, ctypes.util, errno, os
+import ctypes, ctypes.util, os
 
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x10, 0x20, 0x4000
@@ -67,6 +67,3 @@ def reset():
   """Forget the process's OS object (tests choose another simulated machine after this)."""
   global _system
   _system = None
-
-
-ENOENT, EINVAL, ENOMEM, EFAULT, EBUSY = errno.ENOENT, errno.EINVAL, errno.ENOMEM, errno.EFAULT, errno.EBUSY

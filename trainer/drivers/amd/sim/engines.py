@@ -43,15 +43,12 @@ class _Engine:
 
   def signal_done(self, sig: int):
     """Decrement an amd_signal_t and, if it has a mailbox, write its event id there and interrupt."""
-    raw = self.read(sig, aql_signal_bytes(), "a completion signal")
+    raw = self.read(sig, ctypes.sizeof(signal_t), "a completion signal")
     s = signal_t.from_buffer_copy(raw)
     i64.from_address(sig + signal_t.value.offset).value = s.value - 1
     if s.event_mailbox_ptr:
       self.write(s.event_mailbox_ptr, struct.pack("<Q", s.event_id), "an event mailbox")
       self.sim.fire(s.event_id)
-
-
-def aql_signal_bytes() -> int: return ctypes.sizeof(signal_t)
 
 
 class AqlEngine(_Engine):
