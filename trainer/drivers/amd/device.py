@@ -1,7 +1,8 @@
 """Bring-up: the process's KFD state (`Process`: /dev/kfd, the ioctl version, the topology, each
 GPU's VM acquired through its render node, memory, signals) and one GPU (`Gpu`: a compute (AQL)
 queue, an SDMA queue, code objects loaded into its memory, kernel dispatch with kernel arguments laid
-out as the code object's metadata says)."""
+out as the code object's metadata says). No scratch (private segment) memory is set up: a kernel
+that needs it is refused at launch; the kernels our codegen writes need none."""
 from __future__ import annotations
 import ctypes, os, struct
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ class Gpu:
       hv = _hidden(a[".value_kind"], groups, block)
       if hv is not None: ka[a[".offset"]:a[".offset"] + a[".size"]] = hv.to_bytes(a[".size"], "little")
     if prod(block) > m.get(".max_flat_workgroup_size", 1024): raise kfd.AmdError(f"{prog.name}: work-group of {prod(block)} (max {m['.max_flat_workgroup_size']})")
+    if m[".private_segment_fixed_size"] or m.get(".uses_dynamic_stack"):   # no scratch memory is set up for the queue
+      raise kfd.AmdError(f"{prog.name}: needs {m['.private_segment_fixed_size']} bytes of scratch per work-item; this driver sets up none")
     self.compute.dispatch(prog.kd_va, bytes(ka), groups, block, m[".group_segment_fixed_size"], m[".private_segment_fixed_size"])
 
   # -- ordering: a signal completes when the work queued before it has finished
