@@ -1,6 +1,8 @@
 """Devices and buffers. A device is named `BACKEND:N` (CPU:0, CUDA:1, AMD:3); each name maps to one
 runtime object that implements the small Runtime interface below. Several CPU devices exist at once
 (each a separate memory space in this process) so every multi-device path runs without a GPU.
+This module imports no backend: each backend's module registers itself by name (`register`) when
+trainer.core.runtime.load imports it, on the first use of a device of that backend.
 
 Environment: TRAINER_DEVICE sets the default device (default CPU:0); TRAINER_CPU_BACKEND=interp
 makes the CPU devices use the numpy interpreter instead of compiled C. `set_cpu_backend` switches it
@@ -102,11 +104,25 @@ class Buffer:
 
 
 _runtimes: dict[str, Runtime] = {}
-BACKENDS = ("CPU", "CUDA", "AMD")
+_backends: dict[str, tuple] = {}   # name -> (make(device, index) -> Runtime, count() -> int), filled by register
+
+
+def register(name: str, make, count):
+  """Called by a backend's module when it is imported: `make(device, index)` builds the Runtime of
+  device 'NAME:index', `count()` says how many devices this host has (0, never an error, without one)."""
+  _backends[name] = (make, count)
+
+
+def _backend(name: str) -> tuple:
+  if name not in _backends:
+    from . import runtime
+    runtime.load(name)
+  return _backends[name]
 
 
 def canonical(device: str | None) -> str:
   """'cpu' -> 'CPU:0', 'CUDA' -> 'CUDA:0'; unknown backends are a clear error."""
+  from .runtime import BACKENDS
   if device is None: device = os.environ.get("TRAINER_DEVICE", "CPU:0")
   name, _, idx = str(device).upper().partition(":")
   if name not in BACKENDS: raise ValueError(f"unknown device {device!r}: expected one of {', '.join(b + ':N' for b in BACKENDS)}")
@@ -126,27 +142,10 @@ def get_runtime(device: str) -> Runtime:
   device = canonical(device)
   if device not in _runtimes:
     backend, idx = device.split(":")
-    if backend == "CPU":
-      if os.environ.get("TRAINER_CPU_BACKEND", "").lower() == "interp":
-        from .runtime.interp import InterpRuntime
-        _runtimes[device] = InterpRuntime(device)
-      else:
-        from .runtime.cpu import CPURuntime
-        _runtimes[device] = CPURuntime(device)
-    elif backend == "CUDA":
-      from .runtime.cuda import CUDARuntime
-      _runtimes[device] = CUDARuntime(device, int(idx))
-    else:
-      from .runtime.amd import AMDRuntime
-      _runtimes[device] = AMDRuntime(device, int(idx))
+    _runtimes[device] = _backend(backend)[0](device, int(idx))
   return _runtimes[device]
 
 
 def device_count(backend: str) -> int:
   """How many devices of a backend this host has (CPU: TRAINER_CPU_DEVICES, default 8 virtual ones)."""
-  backend = backend.upper()
-  if backend == "CPU": return int(os.environ.get("TRAINER_CPU_DEVICES", "8"))
-  if backend == "CUDA":
-    from .runtime.cuda import cuda_device_count
-    return cuda_device_count()
-  return 0
+  return _backend(backend.upper())[1]()

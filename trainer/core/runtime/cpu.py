@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes, functools, hashlib, os, shutil, subprocess, tempfile, warnings
 import numpy as np
 from .host import HostRuntime
+from ..device import register
 from ..codegen import cpu as cpu_codegen
 
 CC = os.environ.get("CC", "cc")
@@ -62,3 +63,13 @@ class CPURuntime(HostRuntime):
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p] * (1 + len(kernel.inputs))
     return Program(fn, name)
+
+
+def _make(device: str, index: int):
+  if os.environ.get("TRAINER_CPU_BACKEND", "").lower() == "interp":
+    from .interp import InterpRuntime
+    return InterpRuntime(device)
+  return CPURuntime(device)
+
+
+register("CPU", _make, lambda: int(os.environ.get("TRAINER_CPU_DEVICES", "8")))

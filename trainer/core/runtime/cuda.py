@@ -16,7 +16,7 @@ at each launch or bind. Kernels that need another target than the device's own (
 from __future__ import annotations
 import ctypes, ctypes.util, functools, glob, hashlib, os, shutil, subprocess, sys, tempfile
 import numpy as np
-from ..device import Runtime, OutOfMemoryError
+from ..device import Runtime, OutOfMemoryError, register
 
 CACHE = os.path.join(os.environ.get("TRAINER_CACHE", os.path.expanduser("~/.cache/trainer")), "cuda")
 POOL_BYTES = 8 << 30   # freed device memory kept for reuse, per device
@@ -626,3 +626,6 @@ class CUDARuntime(Runtime):
     ms = ctypes.c_float()
     check(self.lib.cuEventElapsedTime(ctypes.byref(ms), start, end), "cuEventElapsedTime")
     return ms.value
+
+
+register("CUDA", CUDARuntime, cuda_device_count)

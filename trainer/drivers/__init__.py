@@ -1,0 +1,1 @@
+"""Our own user-space GPU drivers (amd/: over the Linux KFD interface)."""

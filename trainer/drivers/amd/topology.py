@@ -1,0 +1,82 @@
+"""The KFD topology in sysfs: one node per agent (CPU nodes have gpu_id 0), each with a `properties`
+file of "key value" lines, memory banks and links; and the IP versions of each GPU (graphics core,
+SDMA) from the DRM device's ip_discovery tree, which the packet encodings depend on."""
+from __future__ import annotations
+from dataclasses import dataclass, field
+
+TOPOLOGY = "/sys/devices/virtual/kfd/kfd/topology/nodes"
+IP_DISCOVERY = "/sys/class/drm/renderD{minor}/device/ip_discovery/die/0/{hwid}/0"
+GC_HWID, SDMA0_HWID = 11, 42          # hardware ids of soc15_hw_ip.h: graphics core, SDMA engine 0
+HEAP_FB_PUBLIC, HEAP_FB_PRIVATE = 1, 2  # mem_banks heap_type of device memory (HSA_HEAPTYPE_FRAME_BUFFER_*)
+# IP versions by target where a kernel has no ip_discovery tree (older kernels): GC, SDMA
+KNOWN_IPS = {"gfx942": ((9, 4, 3), (4, 4, 2)), "gfx950": ((9, 5, 0), (4, 4, 5)), "gfx1100": ((11, 0, 0), (6, 0, 0))}
+
+
+def parse_properties(text: str) -> dict[str, int]:
+  out = {}
+  for line in text.splitlines():
+    parts = line.split()
+    if len(parts) == 2: out[parts[0]] = int(parts[1])
+  return out
+
+
+def gfx_name(version: int) -> str:
+  """gfx_target_version (decimal MMmmss, e.g. 90402) -> 'gfx942'."""
+  return f"gfx{version // 10000}{version // 100 % 100:x}{version % 100:x}"
+
+
+@dataclass
+class Gpu:
+  node: int
+  gpu_id: int
+  props: dict
+  vram_bytes: int
+  links: dict = field(default_factory=dict)       # node_to -> link type (io_links: 11 XGMI, 2 PCIe)
+  gc_version: tuple = (0, 0, 0)
+  sdma_version: tuple = (0, 0, 0)
+
+  @property
+  def target(self) -> str: return gfx_name(self.props["gfx_target_version"])
+  @property
+  def wave_size(self) -> int: return 64 if self.target.startswith("gfx9") else 32
+  @property
+  def cu_count(self) -> int: return self.props["simd_count"] // self.props["simd_per_cu"]
+  @property
+  def render_minor(self) -> int: return self.props["drm_render_minor"]
+  @property
+  def xcc_count(self) -> int: return max(1, self.props.get("num_xcc", 1))
+  @property
+  def lds_bytes(self) -> int: return self.props.get("lds_size_in_kb", 64) * 1024
+
+
+def read_gpus(os_) -> list[Gpu]:
+  """The GPU nodes in node order (CPU nodes skipped)."""
+  gpus = []
+  for n in sorted(os_.listdir(TOPOLOGY), key=int):
+    base = f"{TOPOLOGY}/{n}"
+    gpu_id = int(os_.read_text(f"{base}/gpu_id").strip() or 0)
+    if gpu_id == 0: continue
+    props = parse_properties(os_.read_text(f"{base}/properties"))
+    vram = 0
+    if os_.exists(f"{base}/mem_banks"):
+      for b in os_.listdir(f"{base}/mem_banks"):
+        bank = parse_properties(os_.read_text(f"{base}/mem_banks/{b}/properties"))
+        if bank.get("heap_type") in (HEAP_FB_PUBLIC, HEAP_FB_PRIVATE): vram += bank.get("size_in_bytes", 0)
+    links = {}
+    for kind in ("io_links", "p2p_links"):
+      if not os_.exists(f"{base}/{kind}"): continue
+      for ln in os_.listdir(f"{base}/{kind}"):
+        lp = parse_properties(os_.read_text(f"{base}/{kind}/{ln}/properties"))
+        links[lp["node_to"]] = lp.get("type", 0)
+    g = Gpu(int(n), gpu_id, props, vram, links)
+    g.gc_version, g.sdma_version = _ip_version(os_, g, GC_HWID, 0), _ip_version(os_, g, SDMA0_HWID, 1)
+    gpus.append(g)
+  return gpus
+
+
+def _ip_version(os_, g: Gpu, hwid: int, which: int) -> tuple:
+  path = IP_DISCOVERY.format(minor=g.render_minor, hwid=hwid)
+  if os_.exists(path):
+    return tuple(int(os_.read_text(f"{path}/{k}").strip()) for k in ("major", "minor", "revision"))
+  if g.target in KNOWN_IPS: return KNOWN_IPS[g.target][which]
+  raise RuntimeError(f"GPU node {g.node} ({g.target}): no ip_discovery tree in sysfs and no known IP versions")
