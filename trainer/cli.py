@@ -1,8 +1,11 @@
 """The command line behind launch.py: parse arguments, validate the recipe and the host, then either
-print the plan (--dry-run) or run the training loop. Every user error is one line and exit code 2."""
+print the plan (--dry-run) or run the training loop. Every user error is one line and exit code 2, a
+step whose memory plan does not fit the devices too (before any work); running out of device memory
+during training is one line and exit code 3."""
 from __future__ import annotations
 import argparse, dataclasses, datetime, os, sys
 from .config import ConfigError, load_config, validate_mesh
+from .plan import param_count, plan_memory, with_capacity, refusal
 
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "llama_tiny.yaml")
 
@@ -21,16 +24,6 @@ def parse_args(argv):
   return p.parse_args(argv)
 
 
-def param_count(cfg) -> int:
-  m = cfg.model
-  if cfg.family == "llama":
-    hd = m.dim // m.n_heads
-    per_layer = m.dim * hd * (2 * m.n_heads + 2 * m.n_kv_heads) + 3 * m.dim * m.ffn_dim + 2 * m.dim
-    return 2 * m.vocab_size * m.dim + m.n_layers * per_layer + m.dim
-  from .build import build_model
-  return sum(p.numel() for p in build_model(cfg, "CPU:0").parameters())   # a ResNet is small enough to build
-
-
 def available_devices(backend: str) -> tuple[int, str]:
   """How many devices of a backend this host has, and why not, if none."""
   from .core.device import device_count
@@ -43,15 +36,14 @@ def available_devices(backend: str) -> tuple[int, str]:
 def plan(cfg) -> list[str]:
   """The dry-run report: resolved config, sizes, memory per device, steps, and what is missing."""
   lines = [f"recipe {cfg.recipe}: benchmark {cfg.benchmark} ({cfg.mlperf.division} division)"]
-  n = param_count(cfg)
-  p = cfg.train.precision
-  size = {"float32": 4, "bfloat16": 2, "float16": 2}
-  mesh = cfg.mesh
-  replicated = n * size[p.param_dtype] * 2 / mesh.tp                                    # weights and gradients
-  sharded = n * ((4 if p.param_dtype != "float32" else 0) + 8) / mesh.tp / (mesh.dp if mesh.zero1 else 1)   # master, Adam moments
-  per_dev = replicated + sharded
+  n, mesh, t = param_count(cfg), cfg.mesh, cfg.train
+  p = t.precision
   lines.append(f"model: {cfg.model.name}, {n / 1e6:,.1f}M parameters; mesh dp={mesh.dp} tp={mesh.tp} zero1={mesh.zero1} on {mesh.device}")
-  lines.append(f"memory per device (weights, gradients, optimizer state; activations not counted): {per_dev / 2**30:,.2f} GiB")
+  lines.append(f"step: micro-batch {t.micro_batch_size} x {t.gradient_accumulation_steps} accumulation x dp {mesh.dp}; recompute {t.recompute}; "
+               f"compute {p.compute_dtype}, master weights and moments {p.param_dtype}, gradients travel in {p.comm_dtype}")
+  mem = with_capacity(cfg, plan_memory(cfg))
+  lines += mem.lines()
+  if not mem.fits: lines.append(f"REFUSED {refusal(cfg, mem)}")
   gb = cfg.train.global_batch_size
   if cfg.train.max_samples: lines.append(f"plan: up to {cfg.train.max_samples // gb:,} steps of {gb} samples (cap {cfg.train.max_samples:,} samples), eval every {cfg.eval.interval_samples:,} samples on {cfg.eval.samples} samples, target {cfg.eval.target}")
   else: lines.append(f"plan: up to {cfg.train.max_epochs} epochs of {cfg.steps_per_epoch} steps at batch {gb}, eval every {cfg.eval.interval_epochs} epochs, target {cfg.eval.target}")
@@ -82,8 +74,12 @@ def main(argv=None) -> int:
     validate_mesh(cfg, have)
   except ConfigError as e:
     print(f"error: {e}" + (f" ({why})" if why else ""), file=sys.stderr); return 2
+  mem = with_capacity(cfg, plan_memory(cfg))
+  if not mem.fits:
+    print(f"error: {refusal(cfg, mem)}", file=sys.stderr); return 2
   from .loop import Run
   from .results import default_root
+  from .core.device import OutOfMemoryError, get_runtime
   root = args.results or default_root(cfg)
   os.makedirs(os.path.join(root, "logs"), exist_ok=True)
   log_path = os.path.join(root, "logs", f"{cfg.benchmark}_{datetime.datetime.now():%Y%m%d_%H%M%S}_{os.getpid()}.log")
@@ -92,7 +88,14 @@ def main(argv=None) -> int:
     run.init()
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr); return 2
-  run.train(max_steps=args.max_steps, print_losses=args.print_losses)
+  try:
+    run.train(max_steps=args.max_steps, print_losses=args.print_losses)
+  except OutOfMemoryError as e:   # the last checkpoint is untouched: checkpoints are written whole or not at all
+    print(f"error: {e} at step {run.step + 1}; the plan's peak for this device is {mem.peak / 2**30:,.2f} GiB", file=sys.stderr)
+    return 3
+  peaks = [get_runtime(d).peak_in_use for d in run.mesh.devices()]
+  print(f"peak device memory {max(peaks) / 2**30:,.2f} GiB (plan {mem.peak / 2**30:,.2f} GiB, {mem.phase}); per device "
+        + " ".join(f"{p / 2**30:.2f}" for p in peaks))
   if args.max_steps is not None and not run.success and not run._cap_reached():
     print(f"stopped after {args.max_steps} steps (--max-steps); resume with --resume auto"); return 0
   result = run.finish()

@@ -454,7 +454,7 @@ def _build_tagged(members, value, path):
 
 def _resolve(cfg):
     """Fill in values a recipe may leave out: accumulation, warmup/decay steps, resnet shape."""
-    cfg = dataclasses.replace(cfg, train=_resolve_train(cfg.train, cfg.mesh))
+    cfg = dataclasses.replace(cfg, train=resolve_train(cfg.train, cfg.mesh))
     cfg = dataclasses.replace(cfg, schedule=_resolve_schedule(cfg))
     if isinstance(cfg.model, ResNetModel) and cfg.model.variant == "resnet50":
         model = cfg.model
@@ -466,7 +466,8 @@ def _resolve(cfg):
     return cfg
 
 
-def _resolve_train(train, mesh):
+def resolve_train(train, mesh):
+    """train with gradient_accumulation_steps derived from (and checked against) the batch sizes and mesh."""
     _positive("train.global_batch_size", train.global_batch_size)
     _positive("train.micro_batch_size", train.micro_batch_size)
     _positive("mesh.dp", mesh.dp)

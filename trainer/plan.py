@@ -2,15 +2,15 @@
 
 The step (loop.Run._step) runs micro-batch by micro-batch: forward (activations saved for backward, or
 with recompute only each block's input), the logits and their gradient, backward (activations freed
-layer by layer as the weight gradients appear), then the optimizer (ZeRO-1: a flat gradient bucket, its
-reduce-scattered shard, the all-gathered weights). The plan adds, per device:
+layer by layer as the weight gradients appear), then the optimizer (parameter by parameter: the gradient's
+all-reduce, or under ZeRO-1 its reduce-scatter and the all-gather of the updated weights). The plan adds, per device:
   weights       the parameters in compute_dtype (tensor-parallel ones split over tp)
   optimizer     master weights and moments in param_dtype (split over dp under ZeRO-1)
   gradients     in compute_dtype, or float32 sums when accumulating micro-batches
   activations   what backward keeps per layer, per token (the SAVED_* counts below, read off the buffers
                 the scheduler keeps for this model: see tests/trainer/test_plan.py)
   logits        the output layer's logits and their gradient (vocabulary split over tp)
-  collectives   ZeRO-1's bucket and gathered weights, or one parameter's all-reduce output
+  collectives   one parameter's gradient as it travels and its reduced result (ZeRO-1: gathered weights)
 and takes the largest of the three moments at which the step peaks: the start of backward (every
 activation, the logits, earlier micro-batches' gradient sums), the end of backward (every gradient), and
 the optimizer (gradients with the collectives' buffers). It is checked against measured peaks on the CPU
@@ -96,11 +96,12 @@ def plan_memory(cfg) -> MemoryPlan:
   t, p, mesh = cfg.train, cfg.train.precision, cfg.mesh
   c, pw, comm = SIZE[p.compute_dtype], SIZE[p.param_dtype], SIZE[p.comm_dtype]
   n, largest = _params_per_device(cfg)
-  z = mesh.dp if mesh.zero1 else 1
+  zero1 = mesh.zero1 and mesh.dp > 1          # ZeRO-1 over a single replica is plain data parallelism
+  z = mesh.dp if zero1 else 1
   moments = 2 if cfg.optimizer.name == "adamw" else 1
   accum = t.gradient_accumulation_steps > 1
   weights = n * c
-  master = n * pw / z if (pw > c or mesh.zero1) else 0
+  master = n * pw / z if (pw > c or zero1) else 0
   optimizer = master + moments * n * pw / z
   grads = n * 4 if accum else n * c
   if cfg.family != "llama":   # a ResNet: its activations are not modelled; weights, state and gradients only
@@ -112,8 +113,9 @@ def plan_memory(cfg) -> MemoryPlan:
   keep = tokens * m.dim * c                                              # a block's input (recompute)
   acts = m.n_layers * (keep if t.recompute == "layer" else layer) + (layer if t.recompute == "layer" else 0)
   logits = tokens * m.vocab_size / mesh.tp * c * 2 + tokens * 4 * 4      # logits, their gradient, row statistics
-  # ZeRO-1: the flat gradient bucket (comm_dtype) while the gradients exist, then the gathered weights
-  coll = n * comm + n * c if mesh.zero1 and mesh.dp > 1 else (2 * largest * max(comm, c) if mesh.dp > 1 else 0)
+  # one parameter at a time: its gradient in comm_dtype and the reduced result (ZeRO-1: the reduce-scattered
+  # chunk, then the all-gathered weights)
+  coll = largest * (comm + c) if zero1 else (2 * largest * max(comm, c) if mesh.dp > 1 else 0)
   phases = {
     "start of backward": {"activations": acts, "logits": logits, "gradients": grads if accum else largest * c},
     "end of backward": {"gradients": grads, "activations": keep if t.recompute == "layer" else layer},
@@ -152,29 +154,38 @@ def with_capacity(cfg, plan: MemoryPlan) -> MemoryPlan:
   return plan
 
 
-def fixes(cfg) -> list[str]:
-  """Single changes to the recipe that make the plan fit (for the refusal line), in the order to try them."""
+def _changes(cfg):
+  """(option, changed Config) for each single change that lowers the step's memory, in the order to try them."""
   import dataclasses
-  from .config import _resolve_train
+  from .config import resolve_train
   t, mesh = cfg.train, cfg.mesh
-  cands = []
   if cfg.family == "llama" and t.recompute == "none":
-    cands.append(("--set train.recompute=layer", dataclasses.replace(cfg, train=dataclasses.replace(t, recompute="layer"))))
+    yield "--set train.recompute=layer", dataclasses.replace(cfg, train=dataclasses.replace(t, recompute="layer"))
   if t.micro_batch_size > 1:
     mb = t.micro_batch_size // 2
-    tr = dataclasses.replace(t, micro_batch_size=mb, gradient_accumulation_steps=None)
-    try: cands.append((f"--set train.micro_batch_size={mb}", dataclasses.replace(cfg, train=_resolve_train(tr, mesh))))
+    try: yield f"--set train.micro_batch_size={mb}", dataclasses.replace(cfg, train=resolve_train(dataclasses.replace(t, micro_batch_size=mb, gradient_accumulation_steps=None), mesh))
     except Exception: pass
   if mesh.dp > 1 and not mesh.zero1 and mesh.tp == 1:
-    cands.append(("--set mesh.zero1=true", dataclasses.replace(cfg, mesh=dataclasses.replace(mesh, zero1=True))))
+    yield "--set mesh.zero1=true", dataclasses.replace(cfg, mesh=dataclasses.replace(mesh, zero1=True))
   if cfg.family == "llama" and cfg.model.n_kv_heads % (mesh.tp * 2) == 0 and mesh.dp % 2 == 0:
-    cands.append((f"--set mesh.tp={mesh.tp * 2} --set mesh.dp={mesh.dp // 2}",
-                   dataclasses.replace(cfg, mesh=dataclasses.replace(mesh, tp=mesh.tp * 2, dp=mesh.dp // 2, zero1=False))))
-  cap = device_capacity(cfg)[0]
-  return [name for name, alt in cands if cap is None or plan_memory(alt).peak <= cap]
+    tr = resolve_train(dataclasses.replace(t, micro_batch_size=t.micro_batch_size * 2, gradient_accumulation_steps=None), dataclasses.replace(mesh, dp=mesh.dp // 2)) \
+      if t.global_batch_size % (t.micro_batch_size * mesh.dp) == 0 else t
+    yield (f"--set mesh.tp={mesh.tp * 2} --set mesh.dp={mesh.dp // 2}",
+           dataclasses.replace(cfg, train=tr, mesh=dataclasses.replace(mesh, tp=mesh.tp * 2, dp=mesh.dp // 2, zero1=False)))
 
 
 def refusal(cfg, plan: MemoryPlan) -> str:
-  fx = fixes(cfg)
-  return (f"the step needs {plan.peak / GiB:,.1f} GiB per device, more than the {plan.capacity / GiB:,.1f} GiB of "
-          f"{plan.capacity_from}: " + ("try " + " or ".join(fx) if fx else "use more devices (tp, dp with zero1) or a smaller micro-batch"))
+  """The one line that refuses a step which does not fit: the plan's figure and the change that would fit
+  (one option, or else the options applied one after another until the plan fits)."""
+  head = (f"the step needs {plan.peak / GiB:,.1f} GiB per device, more than the {plan.capacity / GiB:,.1f} GiB of "
+          f"{plan.capacity_from}")
+  fit = [(name, plan_memory(alt).peak) for name, alt in _changes(cfg) if plan_memory(alt).peak <= plan.capacity]
+  if fit: return head + ": try " + " or ".join(f"{n} ({b / GiB:,.1f} GiB)" for n, b in fit)
+  names, cur = [], cfg
+  for _ in range(8):   # greedy: the change that lowers the plan most, until it fits
+    best = min(_changes(cur), key=lambda c: plan_memory(c[1]).peak, default=None)
+    if best is None or plan_memory(best[1]).peak >= plan_memory(cur).peak: break
+    names.append(best[0]); cur = best[1]
+    if plan_memory(cur).peak <= plan.capacity:
+      return head + f": try {' '.join(names)} ({plan_memory(cur).peak / GiB:,.1f} GiB)"
+  return head + ": no change of micro-batch, recompute, zero1 or tp fits it on this mesh; use more devices"

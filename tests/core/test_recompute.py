@@ -12,7 +12,7 @@ from trainer.nn import recompute_blocks, Linear
 def step(m, tok, rc):
   recompute_blocks(m, rc)
   m.zero_grad()
-  rt = get_runtime("CPU:0")
+  rt = get_runtime(m.lm_head.weight.device)
   base = rt.peak_in_use = rt.in_use
   loss = m.loss(Tensor(tok[:, :-1]), Tensor(tok[:, 1:]))
   loss.backward()

@@ -7,10 +7,11 @@ gradient is added to it in float32 as backward makes it.
 
 In `step()` each gradient is averaged over the replicas with a ring all-reduce in `comm_dtype` (the
 gradients' own type when None), so every replica applies the same update and the replicas stay
-identical. With ZeRO-1 the gradients are flattened into one `comm_dtype` bucket per replica and
-reduce-scattered instead: replica r keeps the master weights and optimizer state of only its 1/dp slice
-of the flattened parameters, updates that slice, and an all-gather (in the parameters' type) brings the
-new weights back to every replica.
+identical. With ZeRO-1 every parameter is cut into dp chunks (ring.bounds of its flattened elements):
+replica r keeps the master weights and optimizer state of chunk r of each parameter only. Each
+gradient is reduce-scattered (in comm_dtype) instead of all-reduced, each replica updates its chunks,
+and an all-gather (in the parameters' type) brings every parameter's new weights back to every replica;
+no flat copy of all gradients or weights is ever made.
 With tensor parallelism each replica is sharded over its tp group: the replicas' devices of each tp
 rank form their own ring with one bucket per device, after each replicated parameter's gradient has
 been summed over its tp group (tensor_parallel.sync_replicated_grads).
@@ -29,7 +30,9 @@ class DataParallel:
   (tensor_parallel.shard_model); the replicas' devices of tp rank r form the all-reduce ring of r."""
   def __init__(self, models: list, make_optimizer, zero1: bool = False, clip_norm: float | None = None, comm_dtype=None,
                master_dtype="float32"):
-    """master_dtype: the type of ZeRO-1's weight shards (the optimizer's master weights)."""
+    """master_dtype: the type of ZeRO-1's weight chunks (the optimizer's master weights). ZeRO-1 with a single
+    replica is plain data parallelism (there is nothing to shard)."""
+    zero1 = zero1 and len(models) > 1
     self.models, self.zero1, self.clip_norm = models, zero1, clip_norm
     self.comm_dtype = dtypes.get(comm_dtype) if comm_dtype is not None else None
     self.master_dtype = dtypes.get(master_dtype)
@@ -47,15 +50,12 @@ class DataParallel:
     if not zero1:
       self.opts = [make_optimizer(ps) for rank in self.ranks for ps in rank]
       return
-    self.param_dtype = max((p.dtype for p in self.params[0]), key=lambda d: d.itemsize)
-    flat = self._flatten(self.params[0], lambda p: p.detach().cast(self.master_dtype))
-    self.bounds = bounds(flat.shape[0], len(models))
-    self.shards = [materialize(flat[lo:hi].to(d), requires_grad=True) for (lo, hi), d in zip(self.bounds, self.devices)]
-    self.opts = [make_optimizer([s]) for s in self.shards]
-
-  @staticmethod
-  def _flatten(ps, get) -> Tensor:
-    return Tensor.cat([get(p).reshape(-1) for p in ps], 0)
+    self.names = [n for n, _ in models[0].named_parameters()]
+    self.bounds = [bounds(n, len(models)) for n in self.sizes]
+    with no_grad():   # replica r's chunk r of every parameter, in the master type, on its device
+      self.shards = [[materialize(p.detach().reshape(-1)[b[r][0]:b[r][1]].cast(self.master_dtype), requires_grad=True)
+                      for p, b in zip(ps, self.bounds)] for r, ps in enumerate(self.params)]
+    self.opts = [make_optimizer(list(zip(self.names, sh))) for sh in self.shards]
 
   def _grad(self, p):
     """p's gradient as it travels (zeros if it has none): in comm_dtype, or its own float type when that is None
@@ -96,20 +96,18 @@ class DataParallel:
         for opt in self.opts:
           opt.step(); opt.zero_grad()
         return
-      buckets = [self._flatten(ps, self._grad) for ps in self.params]
-      parts = reduce_scatter(buckets, "mean")
-      if self.clip_norm:
-        sq = all_reduce([g.float().square().sum().reshape(1) for g in parts], "sum")
-        parts = [g * (self.clip_norm / (s.sqrt() + 1e-6)).minimum(1.0) for g, s in zip(parts, sq)]
-      for shard, g, opt in zip(self.shards, parts, self.opts):
-        shard.grad = g
+      chunks = [reduce_scatter([self._grad(ps[i]).reshape(-1) for ps in self.params], "mean") for i in range(len(self.sizes))]
+      if self.clip_norm:   # the global norm over every chunk of every replica
+        sq = [sum((c[r].float().square().sum() for c in chunks), Tensor(0.0, device=d)).reshape(1) for r, d in enumerate(self.devices)]
+        coef = [(self.clip_norm / (s.sqrt() + 1e-6)).minimum(1.0) for s in all_reduce(sq, "sum")]
+        chunks = [[g * coef[r] for r, g in enumerate(c)] for c in chunks]
+      for r, opt in enumerate(self.opts):
+        for shard, c in zip(self.shards[r], chunks): shard.grad = c[r]
         opt.step()
-      total = sum(self.sizes)
-      for ps, flat in zip(self.params, all_gather([s.detach().cast(self.param_dtype) for s in self.shards], (total,))):
-        off, new = 0, []
-        for p, n in zip(ps, self.sizes):
-          new.append(p.assign(flat[off:off + n].reshape(p.shape).cast(p.dtype))); off += n
-          p.grad = None
+      for i, p0 in enumerate(self.params[0]):
+        full = all_gather([self.shards[r][i].detach().cast(p0.dtype) for r in range(len(self.models))], (self.sizes[i],))
+        new = [ps[i].assign(f.reshape(ps[i].shape)) for ps, f in zip(self.params, full)]
+        for ps in self.params: ps[i].grad = None
         Tensor.realize_all(*new)
 
   def _clip(self, groups: list[list[Tensor]]):
@@ -131,7 +129,7 @@ class DataParallel:
       per = len(self.models)   # the optimizers of tp rank r start at r * per
       return {f"tp{r}.{k}": v for r in range(len(self.ranks)) for k, v in self.opts[r * per].state_dict().items()}
     return {f"rank{r}.{k}": v for r, o in enumerate(self.opts) for k, v in o.state_dict().items()} | \
-           {f"rank{r}.shard": s for r, s in enumerate(self.shards)}
+           {f"rank{r}.{n}.shard": s for r, sh in enumerate(self.shards) for n, s in zip(self.names, sh)}
 
   def load_state_dict(self, sd: dict):
     if not self.zero1:
@@ -140,8 +138,8 @@ class DataParallel:
         prefix = f"tp{i // per}." if len(self.ranks) > 1 else ""
         o.load_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
       return
-    for r, (o, s) in enumerate(zip(self.opts, self.shards)):
+    for r, o in enumerate(self.opts):
       o.load_state_dict({k[len(f"rank{r}."):]: v for k, v in sd.items() if k.startswith(f"rank{r}.") and not k.endswith(".shard")})
-      arr, _ = _np_of(sd[f"rank{r}.shard"])
-      s.assign(Tensor(arr, device=s.device, dtype=s.dtype)).realize()
-
+      for n, s in zip(self.names, self.shards[r]):
+        arr, _ = _np_of(sd[f"rank{r}.{n}.shard"])
+        s.assign(Tensor(arr, device=s.device, dtype=s.dtype)).realize()

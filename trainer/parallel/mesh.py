@@ -19,6 +19,7 @@ class Mesh:
   def device(self, d: int, t: int = 0) -> str: return f"{self.backend}:{d * self.tp + t}"
   def tp_group(self, d: int) -> list[str]: return [self.device(d, t) for t in range(self.tp)]
   def dp_group(self, t: int) -> list[str]: return [self.device(d, t) for d in range(self.dp)]
+  def devices(self) -> list[str]: return [self.device(d, t) for d in range(self.dp) for t in range(self.tp)]
 
   def validate(self) -> Mesh:
     """Clear error when the host has fewer devices than the mesh needs."""

@@ -414,6 +414,15 @@ class CUDARuntime(Runtime):
     self.held += nbytes; self.peak = max(self.peak, self.held)
     return p.value
 
+  def memory_capacity(self) -> int:
+    """Bytes this process can hold on the device: what is free now plus what our allocator holds (virtual
+    devices over one GPU share it, each getting an equal part)."""
+    self._activate()
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    check(self.lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)), "cuMemGetInfo")
+    sharing = max(1, cuda_device_count() // physical_device_count())
+    return (free.value + self.held) // sharing
+
   def _drain_pool(self):
     self.synchronize()
     for lst in self.pool.values():
