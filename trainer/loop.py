@@ -158,7 +158,7 @@ class Run:
       lr = self.schedule(self.step)
       self.opt.set_lr(lr)
       if not self.precision_logged: precision.clear()
-      loss = self.step_fn(x, y).item()
+      loss = self.last_loss = self.step_fn(x, y).item()
       if not math.isfinite(loss): raise FloatingPointError(f"loss became {loss} at step {self.step}")
       if not self.precision_logged:   # what the first step ran in (the same in every later one: one replay)
         ran = [precision.lowest(k) for k in precision.KINDS]   # a kind that did not run (a ResNet's attention): the compute type

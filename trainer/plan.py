@@ -17,7 +17,6 @@ the optimizer (gradients with the collectives' buffers). It is checked against m
 in CI and on GPUs by bench/llama_step.py (bench/RESULTS.md).
 """
 from __future__ import annotations
-import math, os
 from dataclasses import dataclass
 
 GiB = 2 ** 30
@@ -25,12 +24,13 @@ SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 # What backward keeps of one Llama layer, per token, counted in tensors of each width (compute dtype unless
 # noted), for the two attention paths. Fused (flash) attention keeps q, k, v, its output and a float32
 # log-sum-exp per head; the composed path keeps the attention probabilities (heads x keys per token).
-#   dim: the layer input, the normed input, the residual, the normed residual (and, fused, one residual sum
-#   the scheduler materialises), whole on every tensor-parallel device; qdim: q and the attention output;
+#   dim: the layer input, the normed input, the residual, the normed residual and one residual sum the
+#   scheduler materialises, whole on every tensor-parallel device; qdim: q and the attention output;
 #   ffn: gate, up and their product; kv: k and v (qdim, ffn and kv split over tp); one: the norms'
 #   statistics; heads: the softmax statistics and keys: the probabilities (composed attention only).
 SAVED_FUSED = {"dim": 5, "qdim": 2, "ffn": 3, "kv": 2, "one": 4}
-SAVED_COMPOSED = {"dim": 4, "qdim": 2, "ffn": 3, "kv": 2, "one": 4, "heads": 2, "keys": 2}
+SAVED_COMPOSED = {"dim": 5, "qdim": 2, "ffn": 3, "kv": 2, "one": 4, "heads": 2, "keys": 2}
+HEAD_SAVED = 3   # dim-wide tensors outside the layers: the embedding's output, the final norm's input and output
 # Device memory by the names devices report (GiB that a process can allocate).
 CAPACITY_GIB = {"H200": 139.0, "H100": 79.6, "MI300X": 192.0, "MI350X": 288.0}
 
@@ -113,11 +113,12 @@ def plan_memory(cfg) -> MemoryPlan:
   keep = tokens * m.dim * c                                              # a block's input (recompute)
   acts = m.n_layers * (keep if t.recompute == "layer" else layer) + (layer if t.recompute == "layer" else 0)
   logits = tokens * m.vocab_size / mesh.tp * c * 2 + tokens * 4 * 4      # logits, their gradient, row statistics
+  head = HEAD_SAVED * tokens * m.dim * c                                  # the embedding's output, the final norm's input and output
   # one parameter at a time: its gradient in comm_dtype and the reduced result (ZeRO-1: the reduce-scattered
   # chunk, then the all-gathered weights)
   coll = largest * (comm + c) if zero1 else (2 * largest * max(comm, c) if mesh.dp > 1 else 0)
   phases = {
-    "start of backward": {"activations": acts, "logits": logits, "gradients": grads if accum else largest * c},
+    "start of backward": {"activations": acts + head, "logits": logits, "gradients": grads if accum else largest * c},
     "end of backward": {"gradients": grads, "activations": keep if t.recompute == "layer" else layer},
     "optimizer": {"gradients": grads, "collectives": coll},
   }
@@ -149,8 +150,6 @@ def device_capacity(cfg) -> tuple[float | None, str]:
 
 def with_capacity(cfg, plan: MemoryPlan) -> MemoryPlan:
   plan.capacity, plan.capacity_from = device_capacity(cfg)
-  if os.environ.get("TRAINER_MEMORY_LIMIT"):   # the test cap (core/device.py) is the capacity it sets
-    plan.capacity, plan.capacity_from = float(os.environ["TRAINER_MEMORY_LIMIT"]), "TRAINER_MEMORY_LIMIT"
   return plan
 
 

@@ -14,6 +14,7 @@ from .custom import CustomCall
 
 
 _created = itertools.count()
+ROWS_ENOUGH = 1024   # outputs of a reduction over the innermost axis that keep a GPU busy without splitting it
 
 
 class LazyBuffer:
@@ -84,6 +85,9 @@ class LazyBuffer:
     out = self.size // red
     if red < 4096 or out >= 16384 or out * red < (1 << 20): return None
     a = max(axes, key=lambda i: self.shape[i])
+    # many rows, each reduced along the innermost axis (a softmax over the vocabulary) are work enough; cutting
+    # the rows would make the scheduler store the expression being reduced (the logits' float32 pieces)
+    if a == len(self.shape) - 1 and out >= ROWS_ENOUGH: return None
     f = next((f for f in (256, 128, 64, 32, 16) if self.shape[a] % f == 0 and self.shape[a] // f >= 16), None)
     if f is None: return None
     x = self.reshape(self.shape[:a] + (f, self.shape[a] // f) + self.shape[a + 1:])

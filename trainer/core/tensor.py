@@ -562,9 +562,11 @@ def backward(roots: list[Tensor], gradients: list[Tensor]):
     for p, pg in zip(ctx.parents, gs):
       if pg is None or not p.requires_grad: continue
       assert pg.shape == p.shape, f"gradient shape {pg.shape} != {p.shape} in {type(ctx).__name__}"
-      if p._ctx is None:   # leaf
+      if p._ctx is None:   # leaf: a .grad that owns its buffer is added to in place (a sum over micro-batches)
         pt = Tensor(pg)
-        p.grad = pt if p.grad is None else p.grad + pt
+        if p.grad is None: p.grad = pt
+        elif p.grad.lazydata.op is Op.ASSIGN or (p.grad.lazydata.op is Op.BUFFER and p.grad.lazydata.realized): p.grad.assign(p.grad + pt)
+        else: p.grad = p.grad + pt
       else:
         grads[id(p)] = pg if id(p) not in grads else grads[id(p)].alu(Op.ADD, pg)
     t._ctx = None

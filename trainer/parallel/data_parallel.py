@@ -36,6 +36,7 @@ class DataParallel:
     self.models, self.zero1, self.clip_norm = models, zero1, clip_norm
     self.comm_dtype = dtypes.get(comm_dtype) if comm_dtype is not None else None
     self.master_dtype = dtypes.get(master_dtype)
+    self.sums = None   # float32 gradient sums over micro-batches (made on the first step that accumulates)
     groups = [param_groups(m) for m in models]
     self.replicated = groups[0][1]
     self.ranks = [[g[0][r] for g in groups] for r in range(len(groups[0][0]))]   # [tp rank][replica] -> tensors of one device
@@ -67,9 +68,13 @@ class DataParallel:
     return [p for rank in self.ranks for ps in rank for p in ps]
 
   def zero_grad(self, accumulate: bool = False):
-    """Start a step: no gradients, or with accumulate float32 zeros that each micro-batch's gradients are
-    added to (in backward, right after each is made)."""
-    for p in self._all_params(): p.grad = Tensor.zeros(*p.shape, device=p.device) if accumulate else None
+    """Start a step: no gradients, or with accumulate float32 sums set to zero, that backward adds each
+    micro-batch's gradients to in place, right after it makes each (core.tensor.backward's leaf rule)."""
+    if not accumulate:
+      for p in self._all_params(): p.grad = None
+      return
+    if self.sums is None: self.sums = [materialize(Tensor.zeros(*p.shape, device=p.device), requires_grad=False) for p in self._all_params()]
+    for p, s in zip(self._all_params(), self.sums): p.grad = s.assign(Tensor.zeros(*p.shape, device=p.device))
 
   def micro_batch_done(self, *outputs: Tensor):
     """Run the micro-batch now: realize every gradient and `outputs` (its loss), so nothing of the
