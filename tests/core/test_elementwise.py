@@ -3,7 +3,7 @@ non-contiguous views (transposed, strided-sliced, flipped, negative-step, expand
 import math
 import numpy as np
 import pytest
-from trainer.core import Tensor, dtypes
+from trainer.core import Tensor, dtypes, where
 from opcheck import check, rnd, FLOATS, to_np
 
 sig = lambda x: 1 / (1 + np.exp(-x))
@@ -173,15 +173,16 @@ def test_where():
   c = r.random((5, 7)) > 0.5
   x, y = rnd(5, 7, seed=2), rnd(7, seed=3)
   tc = Tensor(c)
-  check(lambda a, b: np.where(c, a, b), lambda a, b: tc.where(a, b), x, y)
-  check(lambda a: np.where(c, a, 2.5), lambda a: tc.where(a, 2.5), x)
-  check(lambda b: np.where(c, -1.0, b), lambda b: tc.where(-1.0, b), x)
-  check(lambda a, b: np.where(a > 0, a, b), lambda a, b: (a > 0).where(a, b), x, y, grad=[True, True])
-  np.testing.assert_array_equal(tc.where(1, 0).numpy(), c.astype(np.int32))
-  np.testing.assert_array_equal(Tensor(c.astype(np.float32)).where(3.0, 4.0).numpy(), np.where(c, 3.0, 4.0))   # non-bool condition
+  check(lambda a, b: np.where(c, a, b), lambda a, b: where(tc, a, b), x, y)
+  check(lambda a, b: np.where(c, a, b), lambda a, b: a.where(tc, b), x, y)          # torch's method: x.where(cond, y)
+  check(lambda a: np.where(c, a, 2.5), lambda a: a.where(tc, 2.5), x)
+  check(lambda b: np.where(c, -1.0, b), lambda b: where(tc, -1.0, b), x)
+  check(lambda a, b: np.where(a > 0, a, b), lambda a, b: a.where(a > 0, b), x, y, grad=[True, True])
+  np.testing.assert_array_equal(where(tc, 1, 0).numpy(), c.astype(np.int32))
+  np.testing.assert_array_equal(where(Tensor(c.astype(np.float32)), 3.0, 4.0).numpy(), np.where(c, 3.0, 4.0))   # non-bool condition
   # condition broadcast against the values
-  check(lambda a: np.where(c[:, :1], a, 0.0), lambda a: Tensor(c[:, :1]).where(a, 0.0), x)
-  out = tc.where(Tensor(x).half(), 0.0)
+  check(lambda a: np.where(c[:, :1], a, 0.0), lambda a: a.where(Tensor(c[:, :1]), 0.0), x)
+  out = Tensor(x).half().where(tc, 0.0)
   assert out.dtype == dtypes.float16
 
 

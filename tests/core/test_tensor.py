@@ -212,7 +212,7 @@ def test_errors():
   a, b = Tensor(np.ones((3, 4), np.float32)), Tensor(np.ones((5,), np.float32))
   with pytest.raises(ValueError, match=r"add.*\(3, 4\).*\(5,\)"): a + b
   with pytest.raises(ValueError, match=r"mul.*\(3, 4\).*\(5,\)"): a * b
-  with pytest.raises(ValueError, match=r"where.*\(3, 4\).*\(5,\)"): (a > 0).where(a, b)
+  with pytest.raises(ValueError, match=r"where.*\(3, 4\).*\(5,\)"): a.where(a > 0, b)
   with pytest.raises(ValueError, match=r"maximum.*\(3, 4\).*\(5,\)"): a.maximum(b)
   with pytest.raises(ValueError, match=r"matmul.*\(3, 4\).*\(5,\)"): a @ b
   with pytest.raises(TypeError, match="unsupported dtype 'float128'"): Tensor.ones(2, dtype="float128")

@@ -85,10 +85,10 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Ten
   s = (qg @ k.unsqueeze(-3).transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(D))   # ..., Hkv, rep, T, S
   if is_causal:
     keep = _ramp(T, q.device).reshape(T, 1) + (S - T) >= _ramp(S, q.device).reshape(1, S)
-    s = keep.where(s, float("-inf"))
+    s = s.where(keep, float("-inf"))
   if attn_mask is not None:
     m = attn_mask.reshape(*attn_mask.shape[:-3], Hkv, rep, T, S) if attn_mask.ndim >= 3 and attn_mask.shape[-3] == H else attn_mask
-    s = m.where(s, float("-inf")) if m.dtype is dtypes.bool else s + m
+    s = s.where(m, float("-inf")) if m.dtype is dtypes.bool else s + m
   out = s.softmax(-1).cast(v.dtype) @ v.unsqueeze(-3)
   return out.reshape(*b, H, T, v.shape[-1])
 
@@ -104,10 +104,10 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index=-100, label_smoot
   C = logits.shape[-1]
   logp = logits._float().log_softmax(-1)
   hit = target.unsqueeze(-1) == _ramp(C, logits.device).reshape((1,) * target.ndim + (C,))
-  loss = -(hit.where(logp, 0.0).sum(-1))
+  loss = -(logp.where(hit, 0.0).sum(-1))
   if label_smoothing: loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(-1)
   keep = (target != ignore_index)
-  loss = keep.where(loss, 0.0)
+  loss = loss.where(keep, 0.0)
   if reduction == "none": return loss
   if reduction == "sum": return loss.sum()
   return loss.sum() / keep.sum().cast(dtypes.float32).maximum(1.0)

@@ -236,7 +236,7 @@ class Tensor:
     # a**b = exp(b*log|a|), sign from odd integer exponents of negative bases
     mag = (b * a.abs().log()).exp()
     odd = ((b.abs() % 2) == 1) & (a < 0)
-    return odd.where(-mag, mag)
+    return where(odd, -mag, mag)
   def maximum(self, y): return F.Maximum.apply(*self._binop(y, "maximum"))
   def minimum(self, y):
     a, b = self._binop(y, "minimum")
@@ -246,14 +246,9 @@ class Tensor:
     not for bool, ~x (all bits flipped) for integers."""
     if not self.dtype.is_int: return -self
     return self ^ ((1 << 8 * self.dtype.itemsize) - 1 if self.dtype.kind == "u" else -1)
-  def where(self, x, y):
-    c = self if self.dtype is dtypes.bool else self != 0
-    if not isinstance(x, Tensor) and not isinstance(y, Tensor):
-      x = Tensor(LazyBuffer.const(x, dtypes.float32 if isinstance(y, float) else scalar_dtype(x), (), self.device))
-    if isinstance(x, Tensor): x, y = x._binop(y, "where")
-    else: y, x = y._binop(x, "where")
-    shape = broadcast_shape(c.shape, x.shape, op="where")
-    return F.Where.apply(c.expand_to(shape), x.expand_to(shape), y.expand_to(shape))
+  def where(self, condition, y):
+    """torch's method: self where condition else y (the free function is where(condition, x, y))."""
+    return where(condition, self, y)
 
   def _cmp(self, y, op, reverse=False, name="compare"):
     a, b = self._binop(y, name, reverse)
@@ -311,12 +306,12 @@ class Tensor:
   def cos(self): return (math.pi / 2 - self._float()).sin()
   def tanh(self): return 2.0 * (2.0 * self._float()).sigmoid() - 1.0
   def sigmoid(self): return F.Sigmoid.apply(self._float())
-  def relu(self): return (self > 0).where(self, 0.0 if self.dtype.is_float else 0)
-  def leaky_relu(self, slope=0.01): return (self > 0).where(self, self * slope)
+  def relu(self): return self.where(self > 0, 0.0 if self.dtype.is_float else 0)
+  def leaky_relu(self, slope=0.01): return self.where(self > 0, self * slope)
   def gelu(self): return 0.5 * self * (1 + (math.sqrt(2 / math.pi) * (self + 0.044715 * self * self * self)).tanh())
   def silu(self): return self * self.sigmoid()
   def swish(self): return self.silu()
-  def abs(self): return (self < 0).where(-self, self)
+  def abs(self): return where(self < 0, -self, self)
   def sign(self): return (self > 0).cast(self.dtype) - (self < 0).cast(self.dtype)
   def square(self): return self * self
   def clip(self, lo=None, hi=None):
@@ -363,7 +358,7 @@ class Tensor:
     n = self.shape[axis]
     m = self == self.max(axis, keepdim=True)
     idx = _ramp(n, self.device).reshape([n if i == axis else 1 for i in range(self.ndim)])
-    return (n - 1 - (m.where(n - 1 - idx, -1)).max(axis, keepdim)).cast(dtypes.int32)
+    return (n - 1 - (n - 1 - idx).where(m, -1).max(axis, keepdim)).cast(dtypes.int32)
   def argmin(self, axis=None, keepdim=False): return self._reverse_order().argmax(axis, keepdim)
   def any(self, axis=None, keepdim=False): return self.bool().cast(dtypes.int32).max(axis, keepdim).bool()
   def all(self, axis=None, keepdim=False): return self.bool().logical_not().any(axis, keepdim).logical_not()
@@ -423,7 +418,7 @@ class Tensor:
       x = self.shrink(tuple((-min(b, 0), s + min(a, 0)) for (b, a), s in zip(padding, self.shape)))
       return x.pad(tuple((max(b, 0), max(a, 0)) for b, a in padding), value)
     out = F.Pad.apply(self, arg=padding)
-    if value != 0: out = F.Pad.apply(Tensor.full(self.shape, True, dtype=dtypes.bool, device=self.device), arg=padding).where(out, value)
+    if value != 0: out = out.where(F.Pad.apply(Tensor.full(self.shape, True, dtype=dtypes.bool, device=self.device), arg=padding), value)
     return out
   def shrink(self, arg):
     arg = tuple((0, s) if a is None else tuple(a) for a, s in zip(arg, self.shape))
@@ -472,7 +467,7 @@ class Tensor:
     xl, il = self.transpose(dim, -1), index.transpose(dim, -1)
     xl = xl.shrink(tuple((0, s) for s in il.shape[:-1]) + ((0, n),))
     onehot = il.unsqueeze(-1) == _ramp(n, self.device).reshape((1,) * il.ndim + (n,))
-    out = onehot.where(xl.unsqueeze(-2).expand(onehot.shape), 0).sum(-1, dtype=self.dtype)
+    out = xl.unsqueeze(-2).expand(onehot.shape).where(onehot, 0).sum(-1, dtype=self.dtype)
     return out.transpose(dim, -1)
 
   # ---- linear algebra ----
@@ -512,7 +507,7 @@ class Tensor:
   def dropout(self, p=0.5):
     if not Tensor.training or p == 0: return self
     keep = Tensor.rand(*self.shape, device=self.device) >= p
-    return keep.where(self * (1.0 / (1 - p)), 0.0)
+    return (self * (1.0 / (1 - p))).where(keep, 0.0)
 
 
 def _graph_order(roots: list[Tensor]) -> list[Tensor]:
@@ -629,17 +624,29 @@ def _getitem(t: Tensor, idx):
   if len(tensor_axes) > 1: raise IndexError("only one tensor index per indexing expression is supported")
   for ax, it in tensor_axes:
     n = x.shape[ax]
-    it = (it < 0).where(it + n, it)
+    it = where(it < 0, it + n, it)
     xm = x.permute((ax,) + tuple(a for a in range(x.ndim) if a != ax))                  # (n, *rest)
     rest = xm.shape[1:]
     oh = (it.unsqueeze(-1) == _ramp(n, t.device).reshape((1,) * it.ndim + (n,)))           # (*idx, n)
     if x.dtype.is_float: oh = oh.cast(x.dtype)      # a one-hot product: runs as a matrix product
     oh = oh.reshape(oh.shape + (1,) * len(rest)).expand(oh.shape + rest)
     xe = xm.reshape((1,) * it.ndim + xm.shape).expand(oh.shape)
-    res = (oh * xe if x.dtype.is_float else oh.where(xe, 0)).sum(it.ndim, dtype=x.dtype)   # (*idx, *rest)
+    res = (oh * xe if x.dtype.is_float else xe.where(oh, 0)).sum(it.ndim, dtype=x.dtype)   # (*idx, *rest)
     k = it.ndim
     x = res.permute(tuple(range(k, k + ax)) + tuple(range(k)) + tuple(range(k + ax, k + len(rest))))
   return x
+
+
+def where(condition: Tensor, x, y) -> Tensor:
+  """torch.where(condition, x, y): x where condition else y; x and y are Tensors or Python scalars, all three
+  broadcast together. A condition that is not bool counts as true where it is nonzero."""
+  c = condition if condition.dtype is dtypes.bool else condition != 0
+  if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+    x = Tensor(LazyBuffer.const(x, dtypes.float32 if isinstance(y, float) else scalar_dtype(x), (), c.device))
+  if isinstance(x, Tensor): x, y = x._binop(y, "where")
+  else: y, x = y._binop(x, "where")
+  shape = broadcast_shape(c.shape, x.shape, op="where")
+  return F.Where.apply(c.expand_to(shape), x.expand_to(shape), y.expand_to(shape))
 
 
 @contextmanager

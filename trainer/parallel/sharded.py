@@ -229,10 +229,10 @@ class Sharded:
     picked = []
     for r, (l, t) in enumerate(zip(logits.shards, target.shards)):
       hit = (t - r * C).unsqueeze(-1) == Tensor.arange(C, device=l.device).reshape((1,) * t.ndim + (C,))
-      picked.append(hit.where(l, 0.0).sum(-1))
+      picked.append(l.where(hit, 0.0).sum(-1))
     loss = lse - Sharded(all_reduce(picked, "sum"), None)
     keep = target._map(lambda t: t != ignore_index)
-    loss = keep._elementwise("where", loss, 0.0)
+    loss = loss.where(keep, 0.0)
     if reduction == "none": return loss
     if reduction == "sum": return loss.sum()
     return loss.sum() / keep._map(lambda k: k.float()).sum().maximum(1.0)
