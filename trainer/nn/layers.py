@@ -51,7 +51,7 @@ class RMSNorm(Module):
     self.weight = _param(Tensor.ones(dim, device=device), dtype)
 
   def forward(self, x: Tensor) -> Tensor:
-    return x.rms_norm(self.weight, self.eps)
+    return x.rms_norm(self.weight.shape, self.weight, self.eps)
 
 
 class LayerNorm(Module):
