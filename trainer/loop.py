@@ -200,7 +200,4 @@ class Run:
     self.log.close()
     if self.cfg.checkpoint.every_steps: self._save()
     if self.results_root is None: return None
-    path = results_tree.write_result(self.log_path, self.results_root, self.cfg.mlperf.system, self.cfg.mlperf_benchmark)
-    n_dev = self.cfg.mesh.dp * self.cfg.mesh.tp
-    results_tree.write_system_description(self.results_root, self.cfg, "" if self.cfg.mesh.device == "CPU" else self.cfg.mesh.device, n_dev if self.cfg.mesh.device != "CPU" else 0)
-    return path
+    return results_tree.record_run(self.cfg, self.log_path, self.results_root)
