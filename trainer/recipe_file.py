@@ -2,8 +2,8 @@
 
 A recipe is a small UTF-8 text file. Anything else is a ConfigError (one line on stderr, exit code 2), never a
 traceback or a hang: a path that cannot be read (missing, a directory, no permission), a file larger than
-MAX_BYTES, bytes that are not UTF-8, an empty document, YAML that does not parse or nests too deeply for the
-parser, and aliases that expand into more than MAX_VALUES values (a "billion laughs" document is a few lines)
+MAX_BYTES, bytes that are not UTF-8, an empty document, YAML that does not parse or nests deeper than
+MAX_DEPTH, and aliases that expand into more than MAX_VALUES values (a "billion laughs" document is a few lines)
 or into themselves. The size is counted on the composed node graph, where an alias is one shared node, so
 counting costs the document's own size, not its expansion.
 """
@@ -13,6 +13,7 @@ from .config import ConfigError
 
 MAX_BYTES = 1 << 20       # 1 MiB; the recipes in recipes/ are about 2 KiB
 MAX_VALUES = 100_000      # scalars, lists and mappings after expanding aliases; a recipe has about 100
+MAX_DEPTH = 64            # levels of nesting; a recipe has 3 or 4
 
 
 def read_recipe(path, loader):
@@ -37,10 +38,13 @@ def read_recipe(path, loader):
     mark = getattr(e, "problem_mark", None)
     where = f" at line {mark.line + 1}" if mark else ""
     raise ConfigError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
-  except RecursionError:
-    raise ConfigError(f"recipe {path} nests too deeply to be a recipe") from None
+  except RecursionError:    # the parser recurses per level: deep enough documents stop it before the check below
+    raise ConfigError(_too_deep(path)) from None
   finally:
     if parser is not None: parser.dispose()
+
+
+def _too_deep(path): return f"recipe {path} nests deeper than {MAX_DEPTH} levels, which no recipe does"
 
 
 def _children(node) -> list:
@@ -50,11 +54,13 @@ def _children(node) -> list:
 
 
 def _check_expansion(root, path):
-  """Count the values the document expands into (shared alias nodes once each, by memo) without recursion."""
+  """Count the values the document expands into (shared alias nodes once each, by memo) and its depth, without
+  recursion."""
   size, open_ = {}, set()     # node id -> expanded size; ids whose subtree is being counted
-  stack = [(root, False)]
+  stack = [(root, False, 1)]
   while stack:
-    node, done = stack.pop()
+    node, done, depth = stack.pop()
+    if depth > MAX_DEPTH: raise ConfigError(_too_deep(path))
     if done:
       open_.discard(id(node))
       size[id(node)] = 1 + sum(size[id(c)] for c in _children(node))
@@ -64,5 +70,5 @@ def _check_expansion(root, path):
     if id(node) in size: continue
     if id(node) in open_: raise ConfigError(f"recipe {path}: an alias at line {node.start_mark.line + 1} refers to itself")
     open_.add(id(node))
-    stack.append((node, True))
-    stack.extend((c, False) for c in _children(node) if id(c) not in size)
+    stack.append((node, True, depth))
+    stack.extend((c, False, depth + 1) for c in _children(node) if id(c) not in size)

@@ -112,6 +112,8 @@ def test_dim_keyword_and_axis_alias():
   check(lambda a: a.min(-1), lambda t: t.amin(dim=-1), x)
   check(lambda a: np.log(np.exp(a).sum(1)), lambda t: t.logsumexp(dim=1), x)
   check(lambda a: np.exp(a) / np.exp(a).sum(0), lambda t: t.softmax(dim=0), x)
+  check(lambda a: a - np.log(np.exp(a).sum(1, keepdims=True)), lambda t: t.log_softmax(axis=1), x)
+  assert np.isnan(Tensor([1.5]).var().item()) and Tensor([1.5, 2.5]).var(correction=0).item() == 0.25
   with pytest.raises(TypeError, match="not both"): Tensor(x).sum(dim=0, axis=1)
   with pytest.raises(IndexError, match="out of range"): Tensor(x).sum(dim=3)
 

@@ -279,7 +279,7 @@ class Tensor:
       q = self._alu(other, Op.IDIV, "div")
       return q if q.dtype.is_int else q.trunc()
     raise TensorError(f"div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
-  true_divide = _div
+  def true_divide(self, other): return self._div(other)
   def floor_divide(self, other): return self._floor_div_mod(other)
   def remainder(self, other): return self._floor_div_mod(other, want="mod")
   def fmod(self, other):
@@ -389,7 +389,7 @@ class Tensor:
     return self if not self.dtype.is_float else Tensor(self.lazydata.alu(Op.IDIV, self.lazydata.const_like(1.0)))
   def floor(self):
     t = self.trunc()
-    return t if not self.dtype.is_float else where(t > self, t - 1, t).detach()
+    return t if not self.dtype.is_float else where(t > self, t - 1, t)
   def ceil(self): return -(-self).floor()
   def relu(self): return self.where(self > 0, 0.0 if self.dtype.is_float else 0)
   def leaky_relu(self, negative_slope=0.01): return self.where(self > 0, self * negative_slope)
@@ -467,7 +467,7 @@ class Tensor:
     dim = _dim(dim, axis)
     n = math.prod(self.shape[a] for a in self._axes(dim)) if self.ndim else 1
     d = self._float() - self._float().mean(dim, keepdim=True)
-    return (d * d).sum(dim, keepdim) * (1.0 / max(n - correction, 0))
+    return (d * d).sum(dim, keepdim) / max(n - correction, 0)     # nothing left to divide by: inf or NaN, as torch
   def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None):
     return self.var(dim, unbiased, keepdim, correction=correction, axis=axis).sqrt()
   def logsumexp(self, dim=None, keepdim=False, *, axis=None):
@@ -478,12 +478,14 @@ class Tensor:
   def any(self, dim=None, keepdim=False, *, axis=None): return self.bool().cast(dtypes.int32).amax(_dim(dim, axis), keepdim).bool()
   def all(self, dim=None, keepdim=False, *, axis=None): return self.bool().logical_not().any(_dim(dim, axis), keepdim).logical_not()
 
-  def softmax(self, dim=-1, dtype=None, *, axis=None):
+  def softmax(self, dim=None, dtype=None, *, axis=None):
     x, dim = (self.cast(dtype) if dtype else self), _dim(dim, axis)
+    dim = -1 if dim is None else dim
     e = (x - x.amax(dim, keepdim=True).detach()).exp()
     return e / e.sum(dim, keepdim=True)
-  def log_softmax(self, dim=-1, dtype=None, *, axis=None):
+  def log_softmax(self, dim=None, dtype=None, *, axis=None):
     x, dim = (self.cast(dtype) if dtype else self), _dim(dim, axis)
+    dim = -1 if dim is None else dim
     m = x - x.amax(dim, keepdim=True).detach()
     return m - m.exp().sum(dim, keepdim=True).log()
 
