@@ -113,14 +113,15 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
   rep = H // Hkv
   qg = q.reshape(*b, Hkv, rep, T, D)
   s = (qg @ k.unsqueeze(-3).transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(D))   # ..., Hkv, rep, T, S
-  if is_causal: attn_mask = _ramp(T, q.device).reshape(T, 1) >= _ramp(S, q.device).reshape(1, S)
-  if attn_mask is not None:
+  if is_causal: s = s.where(_ramp(T, q.device).reshape(T, 1) >= _ramp(S, q.device).reshape(1, S), float("-inf"))   # every row sees key 0
+  if attn_mask is None: p = s.softmax(-1)
+  else:                 # a mask may leave a row no key: its weights are zeros, not NaN
     m = _heads_grouped(attn_mask, len(b), H, Hkv)
     s = s.where(m, float("-inf")) if m.dtype is dtypes.bool else s + m
-  top = s.amax(-1, keepdim=True).detach()
-  e = (s - where(top == float("-inf"), 0.0, top)).exp()
-  total = e.sum(-1, keepdim=True)
-  p = e / where(total == 0, 1.0, total)
+    top = s.amax(-1, keepdim=True).detach()
+    e = (s - where(top == float("-inf"), 0.0, top)).exp()
+    total = e.sum(-1, keepdim=True)
+    p = e / where(total == 0, 1.0, total)
   if dropout_p > 0: p = p.where(Tensor.rand(*p.shape, device=p.device) >= dropout_p, 0.0) * (1 / (1 - dropout_p))
   out = p.cast(v.dtype) @ v.unsqueeze(-3)
   return out.reshape(*b, H, T, v.shape[-1])
