@@ -233,6 +233,10 @@ class Checkpoint:
 def verify_checkpoint(path) -> Checkpoint:
     """Check a checkpoint directory's marker, checksums, state JSON and safetensors headers."""
     path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: no such folder")
+    if not os.path.exists(os.path.join(path, _MARKER)) and not os.path.exists(os.path.join(path, _STATE)):
+        raise CheckpointError(f"{path} is not a checkpoint folder (no {_MARKER} marker or {_STATE})")
     try:
         with open(os.path.join(path, _MARKER)) as f:
             marker = json.load(f)

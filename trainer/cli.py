@@ -82,7 +82,7 @@ def main(argv=None) -> int:
   from .core.device import OutOfMemoryError, get_runtime
   root = args.results or default_root(cfg)
   os.makedirs(os.path.join(root, "logs"), exist_ok=True)
-  log_path = os.path.join(root, "logs", f"{cfg.benchmark}_{datetime.datetime.now():%Y%m%d_%H%M%S}_{os.getpid()}.log")
+  log_path = os.path.join(root, "logs", f"{cfg.benchmark}_{datetime.datetime.now():%Y%m%d_%H%M%S_%f}_{os.getpid()}.log")
   try:
     run = Run(cfg, log_path, root, resume=args.resume, progress=not args.no_progress)
     run.init()

@@ -293,18 +293,10 @@ _Loader.add_implicit_resolver(
 
 
 def load_config(path, overrides=()):
-    """Read the recipe at `path`, apply `key.sub=value` overrides, build and check a Config."""
-    try:
-        with open(path) as f:
-            raw = yaml.load(f, Loader=_Loader)
-    except OSError as e:
-        raise ConfigError(f"cannot read recipe {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "syntax error"
-        raise ConfigError(f"recipe {path} is not valid YAML{where}: {problem}") from None
-    return parse_config(raw, path, overrides)
+    """Read the recipe at `path` (recipe_file.py refuses what is not one), apply `key.sub=value` overrides,
+    build and check a Config."""
+    from .recipe_file import read_recipe
+    return parse_config(read_recipe(path, _Loader), path, overrides)
 
 
 def parse_config(raw, recipe="", overrides=()):

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from .core import Tensor, jit, no_grad, precision
 from .core import random as rng
 from .checkpoint import CheckpointManager, load_hf_safetensors
+from . import resume as resume_checks
 from .nn.module import to_numpy_storage
 from .mlperf_log import MLPerfLogger
 from .tasks import make_task
@@ -36,6 +37,7 @@ class Run:
   def _find_checkpoint(self, resume):
     if not resume: return None
     ck = self.ckpt.resume_auto() if resume == "auto" else self.ckpt.load(resume)
+    if ck is not None: resume_checks.check_record(ck, self.cfg)
     return ck
 
   # ---- setup ----
@@ -107,14 +109,18 @@ class Run:
     tensors.update({f"optim.{k}": to_numpy_storage(v) for k, v in self.opt.state_dict().items()})
     state = {"step": self.step, "samples": self.samples, "evals": self.evals, "rng": rng.get_state(), "task": self.task.state_dict(),
              "mlperf": {"log_path": self.log_path, "block_open": self.block_open, "block_first_epoch": self.log._block_first_epoch,
-                        "precision_logged": self.precision_logged}}
+                        "precision_logged": self.precision_logged},
+             "recipe": resume_checks.record(self.cfg)}
     self.ckpt.save(self.step, tensors, state)
 
   def _restore(self, ck):
     tensors, st = ck.tensors(), ck.state
     part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    for m in self.models: m.load_state_dict(part("model."))   # every data-parallel replica
-    self.opt.load_state_dict(part("optim."))
+    with resume_checks.naming(ck.tensor_path()):
+      resume_checks.check_layout(tensors, self.task.model.state_dict(), "model.")
+      for m in self.models: m.load_state_dict(part("model."))   # every data-parallel replica
+      self.opt.load_state_dict(part("optim."))                  # makes the optimizer's state, so its layout can be checked
+      resume_checks.check_layout(tensors, self.opt.state_dict(), "optim.")
     self.step, self.samples, self.evals = st["step"], st["samples"], st["evals"]
     rng.set_state(st["rng"])
     self.task.load_state_dict(st["task"])
@@ -194,7 +200,4 @@ class Run:
     self.log.close()
     if self.cfg.checkpoint.every_steps: self._save()
     if self.results_root is None: return None
-    path = results_tree.write_result(self.log_path, self.results_root, self.cfg.mlperf.system, self.cfg.mlperf_benchmark)
-    n_dev = self.cfg.mesh.dp * self.cfg.mesh.tp
-    results_tree.write_system_description(self.results_root, self.cfg, "" if self.cfg.mesh.device == "CPU" else self.cfg.mesh.device, n_dev if self.cfg.mesh.device != "CPU" else 0)
-    return path
+    return results_tree.record_run(self.cfg, self.log_path, self.results_root)

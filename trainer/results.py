@@ -5,7 +5,10 @@ Layout under a submission folder `root` (the layout `mlperf_logging.package_chec
     root/results/<system>/<benchmark>/result_<i>.txt   one MLPerf log per run, i = 0, 1, ...
     root/systems/<system>.json                         the system description
 
-`default_root(cfg)` is results/<submission_org>. The system description holds every field the
+`default_root(cfg)` is results/<submission_org>. The CPU recipes llama_tiny and resnet_tiny are smoke
+tests of the system, not benchmark results: their logs go to root/<recipe's benchmark>/result_<i>.txt
+(default root results/smoke), outside any results/ tree, so they never land in a submission's
+benchmark folder and the package checker never sees them. The system description holds every field the
 training system_desc_checker requires; what this module can read off the host (CPU, memory,
 disk, OS, software versions) is filled in, the accelerator model and count come from the
 caller, and facts nobody measured (interconnects, cooling) stay empty strings unless the
@@ -32,14 +35,36 @@ _UNMEASURED = (
 )
 
 
+def is_benchmark(cfg):
+    """Whether cfg runs an MLPerf benchmark (llama31_8b, resnet); the tiny recipes are smoke tests."""
+    return cfg.benchmark == cfg.mlperf_benchmark
+
+
 def default_root(cfg):
-    """The submission folder a run writes into: results/<submission_org>."""
-    return os.path.join("results", cfg.mlperf.submission_org)
+    """The folder a run writes into: the submission folder results/<submission_org> for a benchmark,
+    results/smoke for a smoke test."""
+    return os.path.join("results", cfg.mlperf.submission_org if is_benchmark(cfg) else "smoke")
 
 
-def write_result(log_path, root, system, benchmark):
-    """Copy a run's MLPerf log to the next free result_<i>.txt of system/benchmark; its path."""
-    folder = os.path.join(root, "results", system, benchmark)
+def result_folder(cfg, root):
+    """root/results/<system>/<benchmark> for a benchmark, root/<benchmark> (e.g. llama_tiny) for a smoke test."""
+    if is_benchmark(cfg):
+        return os.path.join(root, "results", cfg.mlperf.system, cfg.mlperf_benchmark)
+    return os.path.join(root, cfg.benchmark)
+
+
+def record_run(cfg, log_path, root):
+    """File a finished run: its log as the next result_<i>.txt of result_folder(cfg, root) and, for a
+    benchmark, the system description (accelerators from cfg.mesh; none on the CPU). The result's path."""
+    path = write_result(log_path, result_folder(cfg, root))
+    if is_benchmark(cfg):
+        cpu = cfg.mesh.device == "CPU"
+        write_system_description(root, cfg, "" if cpu else cfg.mesh.device, 0 if cpu else cfg.mesh.dp * cfg.mesh.tp)
+    return path
+
+
+def write_result(log_path, folder):
+    """Copy a run's MLPerf log to the next free result_<i>.txt of `folder`; its path."""
     os.makedirs(folder, exist_ok=True)
     with open(log_path, "rb") as src:
         for i in range(10_000):

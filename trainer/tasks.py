@@ -62,11 +62,11 @@ class LMTask:
     return self._place(x, device), self._place(y, device)
 
   def loss(self, model, x, y) -> Tensor:
-    return model(x).float().cross_entropy(y)
+    return model.loss(x, y)
 
   def eval_loss(self, model, x, y) -> Tensor:
     """The metric's numerator on one batch: summed cross entropy (targets IGNORE are not counted)."""
-    return model(x).float().cross_entropy(y, ignore_index=IGNORE, reduction="sum")
+    return model.loss(x, y, ignore_index=IGNORE, reduction="sum")
 
   def eval_batches(self, batch: int):
     """(inputs, targets, tokens scored) for every `batch` validation sequences in order; the last batch is

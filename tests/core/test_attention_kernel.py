@@ -17,6 +17,14 @@ def _inputs(seed, b, h, hkv, t, s, d):
   return [r.standard_normal(shape).astype(np.float32) for shape in ((b, h, t, d), (b, hkv, s, d), (b, hkv, s, d), (b, h, t, d))]
 
 
+def composed(q, k, v, is_causal=False, scale=None):
+  """The composed path with the kernels' bottom-right causal mask (query t sees keys s <= t + S - T) spelled out:
+  torch's is_causal, which scaled_dot_product_attention follows, is the top-left one."""
+  T, S = q.shape[-2], k.shape[-2]
+  mask = Tensor(np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T), device=q.device) if is_causal else None
+  return q.scaled_dot_product_attention(k, v, mask, scale=scale, enable_gqa=True)
+
+
 def _run(fn, arrays, device="CPU:0", dtype="float32", **kw):
   q, k, v = (Tensor(a, dtype=dtype, device=device, requires_grad=True) for a in arrays[:3])
   out = fn(q, k, v, **kw)
@@ -30,7 +38,7 @@ def test_reference_function_matches_composed(case):
   arrays = _inputs(0, *shape)
   scale = 0.3 if shape[-1] == 4 else None
   ours = _run(flash_attention, arrays, is_causal=causal, scale=scale)
-  want = _run(Tensor.scaled_dot_product_attention, arrays, is_causal=causal, scale=scale)
+  want = _run(composed, arrays, is_causal=causal, scale=scale)
   for name, a, w in zip(("out", "dq", "dk", "dv"), ours, want):
     np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5, err_msg=name)
 
@@ -39,7 +47,7 @@ def test_reference_function_bf16_and_leading_axes():
   arrays = _inputs(1, 2, 4, 2, 9, 12, 16)
   arrays = [a.reshape((1,) + a.shape) for a in arrays]
   ours = _run(flash_attention, arrays, dtype="bfloat16", is_causal=True)
-  want = _run(Tensor.scaled_dot_product_attention, arrays, dtype="bfloat16", is_causal=True)
+  want = _run(composed, arrays, dtype="bfloat16", is_causal=True)
   for name, a, w in zip(("out", "dq", "dk", "dv"), ours, want):
     np.testing.assert_allclose(a, w, rtol=0.05, atol=0.05 * np.abs(w).max(), err_msg=name)
 
@@ -47,10 +55,10 @@ def test_reference_function_bf16_and_leading_axes():
 def test_rows_with_no_visible_key_are_zero():
   arrays = _inputs(2, 1, 2, 1, 8, 5, 8)     # causal, T > S: queries 0..2 see no key
   out, dq, dk, dv = _run(flash_attention, arrays, is_causal=True)
-  want = _run(Tensor.scaled_dot_product_attention, arrays, is_causal=True)
+  want = _run(composed, arrays, is_causal=True)
   assert np.all(out[:, :, :3] == 0) and np.all(dq[:, :, :3] == 0)
-  np.testing.assert_allclose(out[:, :, 3:], want[0][:, :, 3:], rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(dq[:, :, 3:], want[1][:, :, 3:], rtol=1e-4, atol=1e-5)
+  for name, a, w in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), want):    # the composed path zeroes those rows too
+    np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_backward_reference_matches_finite_differences():
@@ -73,6 +81,18 @@ def test_backward_reference_matches_finite_differences():
 def test_covers_only_cuda_half_precision():
   q = Tensor(np.zeros((1, 2, 4, 64), np.float32), dtype="bfloat16")
   assert not covers(q, q, q)          # a CPU device: the composed path
+
+
+class _OnCuda:   # what covers() reads of a tensor, on a CUDA device
+  def __init__(self, *shape): self.shape, self.ndim, self.dtype, self.device = shape, len(shape), dtypes.bfloat16, "CUDA:0"
+
+
+def test_covers_leaves_masks_dropout_and_non_square_causal_to_the_composed_path():
+  q, kv, kv_long = _OnCuda(1, 4, 16, 64), _OnCuda(1, 2, 16, 64), _OnCuda(1, 2, 24, 64)
+  assert covers(q, kv, kv) and covers(q, kv, kv, is_causal=True) and covers(q, kv_long, kv_long)
+  assert not covers(q, kv, kv, attn_mask=Tensor(np.ones((16, 16), bool)))
+  assert not covers(q, kv, kv, dropout_p=0.1)
+  assert not covers(q, kv_long, kv_long, is_causal=True)    # the kernels align causal masks bottom right, torch top left
 
 
 # ---------------------------------------------------------------------------------------------- CUDA
@@ -101,8 +121,24 @@ def test_gpu_kernels_match_cpu_composed(case):
   arrays[:3] = [Tensor(a, dtype="bfloat16").float().numpy() for a in arrays[:3]]   # the same bf16 values on both sides
   q = Tensor(arrays[0], dtype="bfloat16", device=DEV)
   assert covers(q, q[:, :shape[2]], q[:, :shape[2]])
-  ours = _run(Tensor.scaled_dot_product_attention, arrays, device=DEV, dtype="bfloat16", is_causal=causal)
-  want = _run(Tensor.scaled_dot_product_attention, arrays, is_causal=causal)
+  ours = _run(flash_attention, arrays, device=DEV, dtype="bfloat16", is_causal=causal)
+  want = _run(composed, arrays, is_causal=causal)
+  for name, a, w in zip(("out", "dq", "dk", "dv"), ours, want):
+    err = np.abs(a - w).max() / np.abs(w).max()
+    assert err < 2e-2, f"{name}: max|diff|/max|ref| {err:.2e}"
+
+
+@gpu
+@pytest.mark.parametrize("mask_shape,causal", [((2, 1, 77, 130), False), ((77, 130), False), ((2, 4, 77, 130), False), (None, True)])
+def test_gpu_sdpa_with_masks_and_non_square_causal_matches_cpu(mask_shape, causal):
+  """On CUDA, scaled_dot_product_attention with a bool mask (broadcast over heads as torch's, B == Hkv == 2 here) or a
+  non-square causal call takes the composed path: the same answer as the CPU's."""
+  arrays = _inputs(6, 2, 4, 2, 77, 130, 64)
+  arrays[:3] = [Tensor(a, dtype="bfloat16").float().numpy() for a in arrays[:3]]
+  mask = np.random.default_rng(7).random(mask_shape) > 0.3 if mask_shape else None
+  sdpa = lambda q, k, v: q.scaled_dot_product_attention(k, v, Tensor(mask, device=q.device) if mask is not None else None, is_causal=causal, enable_gqa=True)
+  ours = _run(sdpa, arrays, device=DEV, dtype="bfloat16")
+  want = _run(sdpa, arrays)
   for name, a, w in zip(("out", "dq", "dk", "dv"), ours, want):
     err = np.abs(a - w).max() / np.abs(w).max()
     assert err < 2e-2, f"{name}: max|diff|/max|ref| {err:.2e}"

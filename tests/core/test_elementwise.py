@@ -3,10 +3,11 @@ non-contiguous views (transposed, strided-sliced, flipped, negative-step, expand
 import math
 import numpy as np
 import pytest
-from trainer.core import Tensor, dtypes
+from trainer.core import Tensor, dtypes, where
 from opcheck import check, rnd, FLOATS, to_np
 
 sig = lambda x: 1 / (1 + np.exp(-x))
+np_erf = np.vectorize(math.erf)
 UNARY = {  # name: (numpy reference, tensor fn, input generator kwargs)
   "neg": (lambda x: -x, lambda t: -t, {}),
   "exp": (np.exp, Tensor.exp, {}),
@@ -22,7 +23,9 @@ UNARY = {  # name: (numpy reference, tensor fn, input generator kwargs)
   "sigmoid": (sig, Tensor.sigmoid, dict(lo=-5, hi=5)),
   "relu": (lambda x: np.maximum(x, 0), Tensor.relu, dict(away=0.05)),
   "leaky_relu": (lambda x: np.where(x > 0, x, 0.01 * x), Tensor.leaky_relu, dict(away=0.05)),
-  "gelu": (lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))), Tensor.gelu, dict(lo=-4, hi=4)),
+  "gelu": (lambda x: 0.5 * x * (1 + np_erf(x / math.sqrt(2))), Tensor.gelu, dict(lo=-4, hi=4)),
+  "gelu_tanh": (lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))), lambda t: t.gelu(approximate="tanh"), dict(lo=-4, hi=4)),
+  "erf": (np_erf, Tensor.erf, dict(lo=-3, hi=3)),
   "silu": (lambda x: x * sig(x), Tensor.silu, dict(lo=-5, hi=5)),
   "abs": (np.abs, Tensor.abs, dict(away=0.05)),
   "square": (np.square, Tensor.square, {}),
@@ -122,8 +125,10 @@ def test_int_arithmetic():
   assert (ta + tb).dtype == dtypes.int32
   np.testing.assert_array_equal((ta + tb).numpy(), a + b)
   np.testing.assert_array_equal((ta * tb - 3).numpy(), a * b - 3)
-  np.testing.assert_array_equal((ta // tb).numpy(), np.trunc(a / b).astype(np.int32))   # truncating, as documented
-  np.testing.assert_array_equal((ta % tb).numpy(), np.fmod(a, b))
+  np.testing.assert_array_equal((ta // tb).numpy(), a // b)           # floored, as Python and torch
+  np.testing.assert_array_equal((ta % tb).numpy(), a % b)
+  np.testing.assert_array_equal(ta.div(tb, rounding_mode="trunc").numpy(), np.trunc(a / b).astype(np.int32))   # C's, the primitives'
+  np.testing.assert_array_equal(ta.fmod(tb).numpy(), np.fmod(a, b))
   np.testing.assert_allclose((ta / tb).numpy(), a / b, rtol=1e-6)
   assert (ta / tb).dtype == dtypes.float32
   np.testing.assert_array_equal(ta.maximum(tb).numpy(), np.maximum(a, b))
@@ -132,6 +137,7 @@ def test_int_arithmetic():
   np.testing.assert_array_equal(ta.abs().numpy(), np.abs(a))
   np.testing.assert_array_equal(ta.relu().numpy(), np.maximum(a, 0))
   np.testing.assert_array_equal(ta.clip(-5, 6).numpy(), np.clip(a, -5, 6))
+  np.testing.assert_array_equal((ta ** Tensor(np.array([[3, 0, 2], [1, 4, 5]], np.int32))).numpy(), a ** np.array([[3, 0, 2], [1, 4, 5]]))
   np.testing.assert_array_equal((ta ** 2).numpy(), a ** 2)
   np.testing.assert_array_equal(ta.sign().numpy(), np.sign(a))
   big = Tensor(np.array([2 ** 31 - 1], np.int32))
@@ -173,19 +179,20 @@ def test_where():
   c = r.random((5, 7)) > 0.5
   x, y = rnd(5, 7, seed=2), rnd(7, seed=3)
   tc = Tensor(c)
-  check(lambda a, b: np.where(c, a, b), lambda a, b: tc.where(a, b), x, y)
-  check(lambda a: np.where(c, a, 2.5), lambda a: tc.where(a, 2.5), x)
-  check(lambda b: np.where(c, -1.0, b), lambda b: tc.where(-1.0, b), x)
-  check(lambda a, b: np.where(a > 0, a, b), lambda a, b: (a > 0).where(a, b), x, y, grad=[True, True])
-  np.testing.assert_array_equal(tc.where(1, 0).numpy(), c.astype(np.int32))
-  np.testing.assert_array_equal(Tensor(c.astype(np.float32)).where(3.0, 4.0).numpy(), np.where(c, 3.0, 4.0))   # non-bool condition
+  check(lambda a, b: np.where(c, a, b), lambda a, b: where(tc, a, b), x, y)
+  check(lambda a, b: np.where(c, a, b), lambda a, b: a.where(tc, b), x, y)          # torch's method: x.where(cond, y)
+  check(lambda a: np.where(c, a, 2.5), lambda a: a.where(tc, 2.5), x)
+  check(lambda b: np.where(c, -1.0, b), lambda b: where(tc, -1.0, b), x)
+  check(lambda a, b: np.where(a > 0, a, b), lambda a, b: a.where(a > 0, b), x, y, grad=[True, True])
+  np.testing.assert_array_equal(where(tc, 1, 0).numpy(), c.astype(np.int32))
+  np.testing.assert_array_equal(where(Tensor(c.astype(np.float32)), 3.0, 4.0).numpy(), np.where(c, 3.0, 4.0))   # non-bool condition
   # condition broadcast against the values
-  check(lambda a: np.where(c[:, :1], a, 0.0), lambda a: Tensor(c[:, :1]).where(a, 0.0), x)
-  out = tc.where(Tensor(x).half(), 0.0)
+  check(lambda a: np.where(c[:, :1], a, 0.0), lambda a: a.where(Tensor(c[:, :1]), 0.0), x)
+  out = Tensor(x).half().where(tc, 0.0)
   assert out.dtype == dtypes.float16
 
 
 def test_sign_and_misc():
   x = rnd(4, 6, seed=7, away=0.1)
   np.testing.assert_array_equal(Tensor(x).sign().numpy(), np.sign(x.astype(np.float32)))
-  check(lambda a: np.clip(a, None, 0.3), lambda t: t.clip(hi=0.3), x + (np.abs(x - 0.3) < 0.05) * 0.1)
+  check(lambda a: np.clip(a, None, 0.3), lambda t: t.clip(max=0.3), x + (np.abs(x - 0.3) < 0.05) * 0.1)

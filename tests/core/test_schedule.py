@@ -29,7 +29,7 @@ def build(seed, xs, lib):
       v = v * b
     elif k == 7:
       ax = int(r.integers(0, 2))
-      v = (a.max(ax, keepdims=True) if lib == "np" else a.max(ax, keepdim=True)) - b
+      v = (a.max(ax, keepdims=True) if lib == "np" else a.amax(ax, keepdim=True)) - b
     else:
       v = np.exp(-a * a) if lib == "np" else (-a * a).exp()
     pool.append(v)

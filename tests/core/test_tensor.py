@@ -72,11 +72,11 @@ def test_rand_randn_randint():
   n = Tensor.randn(200, 50).numpy()
   assert abs(n.mean()) < 0.03 and abs(n.std() - 1) < 0.03 and np.isfinite(n).all()
   assert Tensor.randn(3, dtype="bfloat16").dtype == dtypes.bfloat16
-  r = Tensor.randint(-3, 5, shape=(4000,))
+  r = Tensor.randint(-3, 5, size=(4000,))
   assert r.dtype == dtypes.int32
   rv = r.numpy()
   assert rv.min() == -3 and rv.max() == 4 and set(np.unique(rv)) == set(range(-3, 5))
-  assert Tensor.randint(10, shape=(3, 3)).shape == (3, 3)
+  assert Tensor.randint(10, (3, 3)).shape == (3, 3)
   a, b = Tensor.rand(100).numpy(), Tensor.rand(100).numpy()
   assert not np.array_equal(a, b)
   assert Tensor.rand(3, requires_grad=True).requires_grad
@@ -84,9 +84,9 @@ def test_rand_randn_randint():
 
 def test_manual_seed_reproducible():
   Tensor.manual_seed(42)
-  a = [Tensor.rand(5, 7).numpy(), Tensor.randn(3).numpy(), Tensor.randint(0, 100, shape=(6,)).numpy()]
+  a = [Tensor.rand(5, 7).numpy(), Tensor.randn(3).numpy(), Tensor.randint(0, 100, (6,)).numpy()]
   Tensor.manual_seed(42)
-  b = [Tensor.rand(5, 7).numpy(), Tensor.randn(3).numpy(), Tensor.randint(0, 100, shape=(6,)).numpy()]
+  b = [Tensor.rand(5, 7).numpy(), Tensor.randn(3).numpy(), Tensor.randint(0, 100, (6,)).numpy()]
   for x, y in zip(a, b): np.testing.assert_array_equal(x, y)
   Tensor.manual_seed(43)
   assert not np.array_equal(Tensor.rand(5, 7).numpy(), a[0])
@@ -212,7 +212,7 @@ def test_errors():
   a, b = Tensor(np.ones((3, 4), np.float32)), Tensor(np.ones((5,), np.float32))
   with pytest.raises(ValueError, match=r"add.*\(3, 4\).*\(5,\)"): a + b
   with pytest.raises(ValueError, match=r"mul.*\(3, 4\).*\(5,\)"): a * b
-  with pytest.raises(ValueError, match=r"where.*\(3, 4\).*\(5,\)"): (a > 0).where(a, b)
+  with pytest.raises(ValueError, match=r"where.*\(3, 4\).*\(5,\)"): a.where(a > 0, b)
   with pytest.raises(ValueError, match=r"maximum.*\(3, 4\).*\(5,\)"): a.maximum(b)
   with pytest.raises(ValueError, match=r"matmul.*\(3, 4\).*\(5,\)"): a @ b
   with pytest.raises(TypeError, match="unsupported dtype 'float128'"): Tensor.ones(2, dtype="float128")

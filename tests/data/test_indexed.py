@@ -110,3 +110,16 @@ def test_truncated_files_are_errors(small):
     open(bin_file, "wb").write(open(bin_file, "rb").read()[:-4])
     with pytest.raises(IndexedFormatError, match="past"):
         IndexedDataset(small)
+
+
+@pytest.mark.parametrize("damage", ["longer bin", "other dtype"])
+def test_bin_and_idx_that_do_not_belong_together(small, damage):
+    """A .bin with more bytes than its .idx describes, or an .idx read with another token size: caught, not read as garbage."""
+    if damage == "longer bin":
+        with open(str(small) + ".bin", "ab") as f:
+            f.write(b"\0" * 8)
+    else:
+        damage_idx(small, 17, bytes([8]))   # uint16 for int32 tokens: half the bytes described
+    with pytest.raises(IndexedFormatError, match="do not belong together") as info:
+        IndexedDataset(small)
+    assert "s.bin" in str(info.value) and "s.idx" in str(info.value)

@@ -19,7 +19,7 @@ def kernels(dtype="float32"):
   """A few scheduled kernels of each kind (on the CPU: only their structure matters here)."""
   r = np.random.default_rng(0)
   a, b = Tensor(r.standard_normal((33, 20)).astype(np.float32), dtype=dtype), Tensor(r.standard_normal((20, 17)).astype(np.float32), dtype=dtype)
-  outs = [(a * 2 + 1).exp(), a.sum(1), a.max(0), a @ b, (a.T @ a).sum()]
+  outs = [(a * 2 + 1).exp(), a.sum(1), a.amax(0), a @ b, (a.T @ a).sum()]
   return [it for o in outs for it in create_schedule([o.lazydata]) if isinstance(it, Kernel)]
 
 

@@ -29,7 +29,7 @@ def train(dp: int, tp: int, zero1: bool):
   def step(xs, ys):
     losses = []
     for m, x, y in zip(models, xs, ys):
-      loss = m(x).float().cross_entropy(y)
+      loss = m.loss(x, y)
       loss.backward()
       losses.append(loss.to("CPU:0"))
     ddp.step()

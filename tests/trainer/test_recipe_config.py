@@ -167,6 +167,43 @@ def test_load_config_file_errors(tmp_path):
         load_config(str(bad))
 
 
+BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))   # 10**9 values in nine lines
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("binary.yaml", b"\xff\xfe\x00\x01model: {}", "is not UTF-8 text (byte 0xff at offset 0)"),
+    ("empty.yaml", b"", "is empty"),
+    ("comments.yaml", b"# nothing but a comment\n", "is empty"),
+    ("bomb.yaml", BOMB.encode(), "aliases expand into more than 100,000 values"),
+    ("self.yaml", b"model: &m {dim: *m}\n", "an alias at line 1 refers to itself"),
+    ("deep.yaml", b"model: " + b"[" * 300 + b"]" * 300 + b"\n", "nests deeper than 64 levels"),
+    ("two.yaml", b"model: {}\n---\ndata: {}\n", "is not valid YAML at line 2"),
+    ("nul.yaml", b"model: {dim: 1\x00}\n", "is not valid YAML"),
+    ("folder.yaml", None, "cannot read recipe"),
+    ("missing.yaml", "missing", "cannot read recipe"),
+], ids=lambda v: v if isinstance(v, str) and v.endswith(".yaml") else "")
+def test_launcher_refuses_what_is_not_a_recipe_in_one_line(tmp_path, capsys, name, content, message):
+    from trainer.cli import main
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    elif content != "missing":
+        path.write_bytes(content)
+    assert main([str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(path) in err and "Traceback" not in err, err
+
+
+def test_unreadable_recipe_is_one_line(tmp_path, capsys, monkeypatch):
+    from trainer import recipe_file
+    from trainer.cli import main
+    def denied(path, mode="r"): raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(recipe_file, "open", denied, raising=False)    # root reads any file: refuse at the open itself
+    assert main([os.path.join(RECIPE_DIR, "llama_tiny.yaml"), "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip().endswith("llama_tiny.yaml: Permission denied")
+
+
 def test_closed_division_keeps_rule_values():
     message = error(raw("llama31_8b"), ["optimizer.betas=[0.9, 0.99]"])
     assert message == ("closed-division llama31_8b: 'optimizer.betas' must be (0.9, 0.95), "

@@ -19,16 +19,32 @@ def test_results_are_numbered_in_the_package_layout(tmp_path):
     log = tmp_path / "run.log"
     log.write_text(":::MLLOG {}\n")
     root = tmp_path / "submission"
-    paths = [results.write_result(str(log), str(root), "8xH200", "llama31_8b") for _ in range(3)]
     folder = root / "results" / "8xH200" / "llama31_8b"
+    assert results.result_folder(recipe("llama31_8b"), str(root)) == str(folder)
+    paths = [results.write_result(str(log), str(folder)) for _ in range(3)]
     assert paths == [str(folder / f"result_{i}.txt") for i in range(3)]
     assert all(open(p).read() == ":::MLLOG {}\n" for p in paths)
     os.remove(paths[1])
-    assert results.write_result(str(log), str(root), "8xH200", "llama31_8b") == paths[1]
+    assert results.write_result(str(log), str(folder)) == paths[1]
 
 
 def test_default_root():
     assert results.default_root(recipe("resnet")) == os.path.join("results", "trainer")
+    assert results.default_root(recipe("llama_tiny")) == os.path.join("results", "smoke")
+
+
+def test_smoke_tests_stay_out_of_the_submission_tree(tmp_path):
+    """llama_tiny and resnet_tiny file their logs beside, never inside, results/<system>/<benchmark>, and write
+    no system description: a submission folder given as --results is left as it was."""
+    log = tmp_path / "run.log"
+    log.write_text(":::MLLOG {}\n")
+    for name in ("llama_tiny", "resnet_tiny"):
+        path = results.record_run(recipe(name), str(log), str(tmp_path / "sub"))
+        assert path == str(tmp_path / "sub" / name / "result_0.txt")
+    assert sorted(os.listdir(tmp_path / "sub")) == ["llama_tiny", "resnet_tiny"]
+    path = results.record_run(recipe("llama31_8b"), str(log), str(tmp_path / "sub"))
+    assert path == str(tmp_path / "sub" / "results" / "8xH200" / "llama31_8b" / "result_0.txt")
+    assert os.path.exists(tmp_path / "sub" / "systems" / "8xH200.json")
 
 
 def test_system_description_passes_checker(tmp_path):

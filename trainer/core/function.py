@@ -58,6 +58,40 @@ class Sigmoid(Function):
     self.ret = e.alu(Op.ADD, e.const_like(1)).alu(Op.RECIP); return self.ret
   def backward(self, g): return g.alu(Op.MUL, self.ret.alu(Op.MUL, self.ret.const_like(1).alu(Op.ADD, self.ret.alu(Op.NEG))))
 
+class Abs(Function):   # |x| as x where 0 < x else 0 - x (so -0.0 gives +0.0); the gradient is sign(x), 0 at 0 as torch's
+  def forward(self, x):
+    self.x = x
+    return x.const_like(0).alu(Op.CMPLT, x).alu(Op.WHERE, x, x.const_like(0).alu(Op.ADD, x.alu(Op.NEG)))
+  def backward(self, g):
+    zero = self.x.const_like(0)
+    return g.alu(Op.MUL, zero.alu(Op.CMPLT, self.x).cast(g.dtype).alu(Op.ADD, self.x.alu(Op.CMPLT, zero).cast(g.dtype).alu(Op.NEG)))
+
+def _horner(x: LazyBuffer, coeffs) -> LazyBuffer:
+  """coeffs[0] + x * (coeffs[1] + x * (...))."""
+  r = x.const_like(coeffs[-1])
+  for c in reversed(coeffs[:-1]): r = r.alu(Op.MUL, x).alu(Op.ADD, x.const_like(c))
+  return r
+
+def _exp(x: LazyBuffer) -> LazyBuffer: return x.alu(Op.MUL, x.const_like(1 / math.log(2))).alu(Op.EXP2)
+
+ERF_TAYLOR = tuple(2 / math.sqrt(math.pi) * c for c in (1, -1 / 3, 1 / 10, -1 / 42, 1 / 216, -1 / 1320))   # erf(x)/x in powers of x**2
+ERFC_FIT = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+ERF_SPLIT = 0.5   # below: the Taylor series (next term under 3e-8 of erf); above: 1 - erfc, erf >= 0.52 so no cancellation
+
+class Erf(Function):
+  """erf from the primitives: its Taylor series for |x| < ERF_SPLIT, else 1 - erfc(|x|) with the Chebyshev fit of
+  Numerical Recipes (erfc(z) = t exp(-z^2 + P(t)), t = 1/(1 + z/2), relative error < 1.2e-7): float32-accurate."""
+  def forward(self, x):
+    self.x = x
+    x2 = x.alu(Op.MUL, x)
+    small = x.alu(Op.MUL, _horner(x2, ERF_TAYLOR))
+    neg = x.alu(Op.CMPLT, x.const_like(0))
+    z = neg.alu(Op.WHERE, x.alu(Op.NEG), x)
+    t = x.const_like(1).alu(Op.ADD, z.alu(Op.MUL, x.const_like(0.5))).alu(Op.RECIP)
+    big = x.const_like(1).alu(Op.ADD, t.alu(Op.MUL, _exp(x2.alu(Op.NEG).alu(Op.ADD, _horner(t, ERFC_FIT)))).alu(Op.NEG))
+    return z.alu(Op.CMPLT, x.const_like(ERF_SPLIT)).alu(Op.WHERE, small, neg.alu(Op.WHERE, big.alu(Op.NEG), big))
+  def backward(self, g): return g.alu(Op.MUL, _exp(self.x.alu(Op.MUL, self.x).alu(Op.NEG)).alu(Op.MUL, self.x.const_like(2 / math.sqrt(math.pi))))
+
 # ---- binary ----
 class Add(Function):
   def forward(self, x, y): return x.alu(Op.ADD, y)

@@ -2,7 +2,7 @@
 and losses. They are attached to Tensor as methods (x.conv2d(w), x.cross_entropy(y), ...)."""
 from __future__ import annotations
 import math
-from .tensor import Tensor, _ramp, _shape_str
+from .tensor import Tensor, TensorError, _ramp, _shape_str, where
 from .dtypes import dtypes
 
 
@@ -20,14 +20,14 @@ def _windows(x: Tensor, kernel, stride, dilation) -> Tensor:
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
-  """x (N, C, H, W), weight (O, C/groups, kh, kw) -> (N, O, OH, OW), as torch.nn.functional.conv2d."""
+  """x (N, C, H, W), weight (O, C/groups, kh, kw) -> (N, O, OH, OW), as torch.nn.functional.conv2d (padding an int,
+  a pair, 'valid' or 'same')."""
   if x.ndim != 4 or weight.ndim != 4: raise ValueError(f"conv2d: expected 4-d input and weight, got {_shape_str(x.shape)} and {_shape_str(weight.shape)}")
   N, C, H, W = x.shape
   O, Cg, kh, kw = weight.shape
   if C != Cg * groups or O % groups:
     raise ValueError(f"conv2d: input {_shape_str(x.shape)} and weight {_shape_str(weight.shape)} do not match with groups={groups}")
-  ph, pw = _pair(padding)
-  if ph or pw: x = x.pad(((0, 0), (0, 0), (ph, ph), (pw, pw)))
+  x = x.pad(((0, 0), (0, 0)) + _conv_padding(padding, (kh, kw), _pair(stride), _pair(dilation)))
   cols = _windows(x, (kh, kw), _pair(stride), _pair(dilation))                 # N, C, K, OH, OW
   OH, OW = cols.shape[-2:]
   cols = cols.reshape(N, groups, Cg * kh * kw, OH * OW).transpose(-1, -2)     # N, g, OH*OW, Cg*K
@@ -36,11 +36,21 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
   return out + bias.reshape(1, O, 1, 1) if bias is not None else out
 
 
+def _conv_padding(padding, kernel, stride, dilation) -> tuple:
+  """((top, bottom), (left, right)) for conv2d's padding; 'same' puts the odd one of a split at the end, as torch."""
+  if padding == "valid": return ((0, 0), (0, 0))
+  if padding == "same":
+    if stride != (1, 1): raise ValueError("conv2d: padding='same' needs stride 1")
+    return tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation))
+  if isinstance(padding, str): raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+  return tuple((p, p) for p in _pair(padding))
+
+
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Tensor:
   k = _pair(kernel_size)
   ph, pw = _pair(padding)
   if ph or pw: x = x.pad(((0, 0),) * (x.ndim - 2) + ((ph, ph), (pw, pw)), value=float("-inf"))
-  return _windows(x, k, _pair(stride if stride is not None else k), _pair(dilation)).max(-3)
+  return _windows(x, k, _pair(stride if stride is not None else k), _pair(dilation)).amax(-3)
 
 
 def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
@@ -62,59 +72,127 @@ def layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) ->
   return out.cast(x.dtype)
 
 
-def rms_norm(x: Tensor, weight=None, eps=1e-6) -> Tensor:
-  """x / sqrt(mean(x^2) + eps) * weight over the last axis, computed in float32."""
+def rms_norm(x: Tensor, normalized_shape, weight=None, eps=None) -> Tensor:
+  """x / sqrt(mean(x^2) + eps) * weight over the last len(normalized_shape) axes, computed in float32 (torch's
+  F.rms_norm; eps None is the machine epsilon of x's dtype)."""
+  if not isinstance(normalized_shape, (int, tuple, list)):
+    raise TypeError(f"rms_norm: normalized_shape must be an int or a tuple of ints, got {type(normalized_shape).__name__} (the order is input, normalized_shape, weight, eps)")
+  n = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+  if tuple(x.shape[x.ndim - n:]) != ((normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)):
+    raise TensorError(f"rms_norm: normalized_shape {normalized_shape} does not match the last axes of {_shape_str(x.shape)}")
+  axes = tuple(range(x.ndim - n, x.ndim))
   xf = x._float()
-  out = xf * ((xf * xf).mean(-1, keepdim=True) + eps).rsqrt()
+  out = xf * ((xf * xf).mean(axes, keepdim=True) + (EPS[x.dtype.name] if eps is None else eps)).rsqrt()
   out = out.cast(x.dtype)
   return out * weight if weight is not None else out
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal=False, scale=None) -> Tensor:
-  """q (..., H, T, D), k/v (..., Hkv, S, D) with H a multiple of Hkv (grouped-query heads share k/v)."""
+EPS = {"float32": 2.0 ** -23, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}   # torch.finfo(dtype).eps
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, dropout_p=0.0,
+                                 is_causal=False, *, scale=None, enable_gqa=False) -> Tensor:
+  """torch's F.scaled_dot_product_attention: query (..., H, T, D), key/value (..., Hkv, S, D); Hkv == H, or with
+  enable_gqa a divisor of H (grouped-query heads share key/value). attn_mask broadcasts to (..., H, T, S) as torch's:
+  bool (True takes part) or a float added to the scores. is_causal masks keys after the query (s <= t, the upper-left
+  triangle for T != S, as torch). dropout_p drops attention weights whenever it is > 0 (torch's function does not look
+  at a training flag either). A row that sees no key gives zeros, as torch's. The fused CUDA kernels run when
+  attention.covers() the call (no mask, no dropout); everything else composes primitive ops."""
+  q, k, v = query, key, value
   *b, H, T, D = q.shape
   Hkv, S = k.shape[-3], k.shape[-2]
-  if H % Hkv or k.shape != v.shape[:-1] + (k.shape[-1],) or k.shape[-1] != D:
-    raise ValueError(f"scaled_dot_product_attention: q {_shape_str(q.shape)}, k {_shape_str(k.shape)}, v {_shape_str(v.shape)} do not fit")
+  if k.shape[:-1] != v.shape[:-1] or k.shape[-1] != D or tuple(k.shape[:-3]) != tuple(b):
+    raise TensorError(f"scaled_dot_product_attention: query {_shape_str(q.shape)}, key {_shape_str(k.shape)}, value {_shape_str(v.shape)} do not fit")
+  if (H != Hkv and not enable_gqa) or H % Hkv:
+    raise TensorError(f"scaled_dot_product_attention: {H} query heads and {Hkv} key/value heads" + ("" if enable_gqa else " need enable_gqa=True"))
+  if attn_mask is not None and is_causal: raise TensorError("scaled_dot_product_attention: pass attn_mask or is_causal, not both")
   from .kernels import attention
   from . import precision
   precision.note("attention", q.dtype)
-  if attention.covers(q, k, v, attn_mask, scale): return attention.flash_attention(q, k, v, is_causal, scale)
+  if attention.covers(q, k, v, attn_mask, scale, dropout_p, is_causal): return attention.flash_attention(q, k, v, is_causal, scale)
   rep = H // Hkv
   qg = q.reshape(*b, Hkv, rep, T, D)
   s = (qg @ k.unsqueeze(-3).transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(D))   # ..., Hkv, rep, T, S
-  if is_causal:
-    keep = _ramp(T, q.device).reshape(T, 1) + (S - T) >= _ramp(S, q.device).reshape(1, S)
-    s = keep.where(s, float("-inf"))
-  if attn_mask is not None:
-    m = attn_mask.reshape(*attn_mask.shape[:-3], Hkv, rep, T, S) if attn_mask.ndim >= 3 and attn_mask.shape[-3] == H else attn_mask
-    s = m.where(s, float("-inf")) if m.dtype is dtypes.bool else s + m
-  out = s.softmax(-1).cast(v.dtype) @ v.unsqueeze(-3)
+  if is_causal: s = s.where(_ramp(T, q.device).reshape(T, 1) >= _ramp(S, q.device).reshape(1, S), float("-inf"))   # every row sees key 0
+  if attn_mask is None: p = s.softmax(-1)
+  else:                 # a mask may leave a row no key: its weights are zeros, not NaN
+    m = _heads_grouped(attn_mask, len(b), H, Hkv)
+    s = s.where(m, float("-inf")) if m.dtype is dtypes.bool else s + m
+    top = s.amax(-1, keepdim=True).detach()
+    e = (s - where(top == float("-inf"), 0.0, top)).exp()
+    total = e.sum(-1, keepdim=True)
+    p = e / where(total == 0, 1.0, total)
+  if dropout_p > 0: p = p.where(Tensor.rand(*p.shape, device=p.device) >= dropout_p, 0.0) * (1 / (1 - dropout_p))
+  out = p.cast(v.dtype) @ v.unsqueeze(-3)
   return out.reshape(*b, H, T, v.shape[-1])
 
 
-def one_hot(x: Tensor, num_classes: int) -> Tensor:
-  return (x.unsqueeze(-1) == _ramp(num_classes, x.device).reshape((1,) * x.ndim + (num_classes,))).cast(dtypes.float32)
+def _heads_grouped(mask: Tensor, batch_dims: int, H: int, Hkv: int) -> Tensor:
+  """A mask that broadcasts to (*batch, H, T, S), reshaped to broadcast to the grouped scores (*batch, Hkv, H/Hkv, T, S)."""
+  if mask.ndim > batch_dims + 3: raise TensorError(f"scaled_dot_product_attention: attn_mask {_shape_str(mask.shape)} has more axes than the scores")
+  m = mask.reshape((1,) * (batch_dims + 3 - mask.ndim) + tuple(mask.shape))
+  lead, heads, ts = m.shape[:-3], m.shape[-3], m.shape[-2:]
+  if heads == 1: return m.reshape(*lead, 1, 1, *ts)
+  if heads != H: raise TensorError(f"scaled_dot_product_attention: attn_mask {_shape_str(mask.shape)} has {heads} heads, the query {H}")
+  return m.reshape(*lead, Hkv, H // Hkv, *ts)
 
 
-def cross_entropy(logits: Tensor, target: Tensor, ignore_index=-100, label_smoothing=0.0, reduction="mean") -> Tensor:
-  """logits (..., C) with integer targets (...); mean over targets that are not ignore_index."""
-  if logits.shape[:-1] != target.shape:
-    raise ValueError(f"cross_entropy: logits {_shape_str(logits.shape)} need targets of shape {_shape_str(logits.shape[:-1])}, got {_shape_str(target.shape)}")
-  C = logits.shape[-1]
-  logp = logits._float().log_softmax(-1)
-  hit = target.unsqueeze(-1) == _ramp(C, logits.device).reshape((1,) * target.ndim + (C,))
-  loss = -(hit.where(logp, 0.0).sum(-1))
-  if label_smoothing: loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(-1)
-  keep = (target != ignore_index)
-  loss = keep.where(loss, 0.0)
+def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
+  """Integer one-hot vectors (int32); num_classes -1 is the largest value + 1, which realizes the tensor."""
+  if num_classes < 0: num_classes = int(tensor.amax().item()) + 1
+  return (tensor.unsqueeze(-1) == _ramp(num_classes, tensor.device).reshape((1,) * tensor.ndim + (num_classes,))).cast(dtypes.default_int)
+
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _reduction(reduction):
+  if reduction not in REDUCTIONS: raise ValueError(f"{reduction} is not a valid value for reduction")
+  return reduction
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0) -> Tensor:
+  """torch's F.cross_entropy: input (C), (N, C) or (N, C, d1, ...) logits, classes on axis 1; target class indices of
+  the other axes' shape, or class probabilities of input's shape. weight (C) weighs each class; 'mean' divides by the
+  summed weights of the targets that are not ignore_index (by N for probabilities); label_smoothing mixes in the
+  uniform distribution, as torch's."""
+  _reduction(reduction)
+  x = input.movedim(1, -1) if input.ndim > 2 else input        # classes last
+  C = x.shape[-1]
+  logp = x._float().log_softmax(-1)
+  w = weight._float() if weight is not None else None
+  if target.dtype.is_float:
+    if target.shape != input.shape: raise ValueError(f"cross_entropy: probability targets {_shape_str(target.shape)} need the shape of input {_shape_str(input.shape)}")
+    p = (target.movedim(1, -1) if input.ndim > 2 else target) * (1 - label_smoothing) + label_smoothing / C
+    loss = -(logp * p * w if w is not None else logp * p).sum(-1)
+    if reduction == "mean": return loss.sum() * (1 / max(1, loss.numel()))
+    return loss.sum() if reduction == "sum" else loss
+  want = (input.shape[:1] + input.shape[2:]) if input.ndim >= 2 else ()
+  if tuple(target.shape) != tuple(want):
+    raise ValueError(f"cross_entropy: input {_shape_str(input.shape)} (classes on axis 1) needs class targets of shape {_shape_str(want)}, got {_shape_str(target.shape)}")
+  hit = target.unsqueeze(-1) == _ramp(C, input.device).reshape((1,) * target.ndim + (C,))
+  keep = target != ignore_index
+  wt = (w.where(hit, 0.0).sum(-1) if w is not None else Tensor.ones(*target.shape, device=input.device)).where(keep, 0.0)   # each target's weight
+  loss = -(logp.where(hit, 0.0).sum(-1)) * wt
+  if label_smoothing:
+    smooth = -(logp * w if w is not None else logp).sum(-1).where(keep, 0.0)
+    loss = (1 - label_smoothing) * loss + (label_smoothing / C) * smooth
   if reduction == "none": return loss
   if reduction == "sum": return loss.sum()
-  return loss.sum() / keep.sum().cast(dtypes.float32).maximum(1.0)
+  return loss.sum() / wt.sum()
 
 
-def binary_cross_entropy_with_logits(x: Tensor, y: Tensor) -> Tensor:
-  return (x.maximum(0) - x * y + (1 + (-x.abs()).exp()).log()).mean()
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None, *, reduction="mean", pos_weight: Tensor | None = None) -> Tensor:
+  """torch's F.binary_cross_entropy_with_logits: -(pos_weight * y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))) * weight,
+  in the stable form with softplus."""
+  _reduction(reduction)
+  if target.shape != input.shape: raise ValueError(f"binary_cross_entropy_with_logits: target {_shape_str(target.shape)} needs the shape of input {_shape_str(input.shape)}")
+  x = input._float()
+  softplus_neg = x.maximum(0) - x + (1 + (-x.abs()).exp()).log()     # log(1 + exp(-x)) = -log sigmoid(x)
+  loss = (pos_weight * target if pos_weight is not None else target) * softplus_neg + (1 - target) * (softplus_neg + x)
+  if weight is not None: loss = loss * weight
+  if reduction == "none": return loss
+  return loss.sum() if reduction == "sum" else loss.mean()
 
 
 for _f in (conv2d, max_pool2d, avg_pool2d, layer_norm, rms_norm, scaled_dot_product_attention, one_hot, cross_entropy, binary_cross_entropy_with_logits):

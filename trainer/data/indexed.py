@@ -187,6 +187,11 @@ class IndexedDataset:
                 f"{path}: sequence pointers run past the end of {token_file} ({bin_size} bytes)")
         if np.any(self.sequence_pointers % self.dtype.itemsize):
             raise IndexedFormatError(f"{path}: sequence pointer not aligned to {self.dtype}")
+        described = int(ends.max()) if len(ends) else 0
+        if described != bin_size:   # Megatron writes the sequences back to back and nothing else
+            raise IndexedFormatError(
+                f"{token_file}: {bin_size} bytes, but {path} describes {described} "
+                f"({self.num_tokens} {self.dtype} tokens): the .bin and .idx do not belong together")
 
     @property
     def num_documents(self):

@@ -109,7 +109,7 @@ class LlamaAttention(Module):
     k = self.k_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim)
     v = self.v_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    o = q.transpose(1, 2).scaled_dot_product_attention(k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    o = q.transpose(1, 2).scaled_dot_product_attention(k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True)
     return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -162,6 +162,7 @@ class Llama(Module):
     cos, sin = self._cos[:T], self._sin[:T]
     return self.lm_head(self.model(tokens, cos, sin))
 
-  def loss(self, tokens_in: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
-    """Mean next-token cross entropy in float32 over targets != ignore_index."""
-    return self(tokens_in).float().cross_entropy(targets, ignore_index=ignore_index)
+  def loss(self, tokens_in: Tensor, targets: Tensor, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Next-token cross entropy in float32 over targets != ignore_index (mean, or sum), one row per token."""
+    logits = self(tokens_in).float()
+    return logits.reshape(-1, logits.shape[-1]).cross_entropy(targets.reshape(-1), ignore_index=ignore_index, reduction=reduction)

@@ -51,7 +51,7 @@ class RMSNorm(Module):
     self.weight = _param(Tensor.ones(dim, device=device), dtype)
 
   def forward(self, x: Tensor) -> Tensor:
-    return x.rms_norm(self.weight, self.eps)
+    return x.rms_norm(self.weight.shape, self.weight, self.eps)
 
 
 class LayerNorm(Module):
@@ -121,7 +121,7 @@ class Dropout(Module):
   def forward(self, x: Tensor) -> Tensor:
     if not self.training or self.p == 0: return x
     keep = Tensor.rand(*x.shape, device=x.device) >= self.p
-    return keep.where(x * (1.0 / (1 - self.p)), 0.0)
+    return (x * (1.0 / (1 - self.p))).where(keep, 0.0)
 
 
 class MaxPool2d(Module):

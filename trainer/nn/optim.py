@@ -194,7 +194,7 @@ class LARS(Optimizer):
     lr = self.lr
     if self.adapt[i]:
       wn, gn = w.square().sum().sqrt(), g.square().sum().sqrt()
-      trust = ((wn > 0) & (gn > 0)).where(self.eta * wn / (gn + self.weight_decay * wn + self.epsilon), 1.0)
+      trust = (self.eta * wn / (gn + self.weight_decay * wn + self.epsilon)).where((wn > 0) & (gn > 0), 1.0)
       lr = lr * trust
       g = g + w * self.weight_decay
     v = self.state[i]["momentum"]

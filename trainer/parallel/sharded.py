@@ -172,19 +172,19 @@ class Sharded:
     return self.shards[0].to(device)
 
   # ---- reductions ----
-  def _reduce(self, name: str, axis=None, keepdim=False) -> Sharded:
-    axes = tuple(range(self.ndim)) if axis is None else tuple(a % self.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
+  def _reduce(self, name: str, dim=None, keepdim=False) -> Sharded:
+    axes = tuple(range(self.ndim)) if dim is None else tuple(a % self.ndim for a in (dim if isinstance(dim, (tuple, list)) else (dim,)))
     if self.axis is None or self.axis not in axes:
       new_axis = None if self.axis is None else (self.axis if keepdim else self.axis - sum(a < self.axis for a in axes))
-      return self._map(lambda s: getattr(s, name)(axis=axes, keepdim=keepdim), new_axis)
-    local = [getattr(s, "max" if name == "max" else "sum")(axis=axes, keepdim=keepdim) for s in self.shards]
-    out = all_reduce(local, "max" if name == "max" else "sum")
+      return self._map(lambda s: getattr(s, name)(axes, keepdim=keepdim), new_axis)
+    local = [getattr(s, "amax" if name == "amax" else "sum")(axes, keepdim=keepdim) for s in self.shards]
+    out = all_reduce(local, "max" if name == "amax" else "sum")
     if name == "mean": out = [o * (1.0 / math.prod(self.shape[a] for a in axes)) for o in out]
     return Sharded(out, None)
 
-  def sum(self, axis=None, keepdim=False): return self._reduce("sum", axis, keepdim)
-  def mean(self, axis=None, keepdim=False): return self._reduce("mean", axis, keepdim)
-  def max(self, axis=None, keepdim=False): return self._reduce("max", axis, keepdim)
+  def sum(self, dim=None, keepdim=False): return self._reduce("sum", dim, keepdim)
+  def mean(self, dim=None, keepdim=False): return self._reduce("mean", dim, keepdim)
+  def amax(self, dim=None, keepdim=False): return self._reduce("amax", dim, keepdim)
 
   # ---- products ----
   def matmul(self, w: Sharded) -> Sharded:
@@ -201,12 +201,13 @@ class Sharded:
   __matmul__ = matmul
   linear = Tensor.linear
 
-  def scaled_dot_product_attention(self, k: Sharded, v: Sharded, attn_mask=None, is_causal=False, scale=None) -> Sharded:
+  def scaled_dot_product_attention(self, k: Sharded, v: Sharded, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False) -> Sharded:
     head = self.ndim - 3
     for t in (self, k, v):
       if t.axis not in (None, head) or t.axis != self.axis: raise ValueError("tensor parallel: attention needs q, k, v all split on the head axis (or all replicated)")
     if attn_mask is not None: raise ValueError("tensor parallel: attention with a mask is not supported")
-    return Sharded([FN.scaled_dot_product_attention(q, kk, vv, is_causal=is_causal, scale=scale) for q, kk, vv in zip(self.shards, k.shards, v.shards)], self.axis)
+    return Sharded([FN.scaled_dot_product_attention(q, kk, vv, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+                    for q, kk, vv in zip(self.shards, k.shards, v.shards)], self.axis)
 
   def take_rows(self, idx: Sharded) -> Sharded:
     """Vocabulary-parallel lookup: each device reads the rows it holds (others read as zero), summed."""
@@ -215,27 +216,30 @@ class Sharded:
     rows = self.shards[0].shape[0]
     return Sharded(all_reduce([take_rows(t, i - r * rows) for r, (t, i) in enumerate(zip(self.shards, idx.shards))], "sum"), None)
 
-  def cross_entropy(self, target: Sharded, ignore_index=-100, label_smoothing=0.0, reduction="mean") -> Sharded:
-    """Vocabulary-parallel cross entropy over logits split on the last axis: the max, the sum of
+  def cross_entropy(self, target: Sharded, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0) -> Sharded:
+    """Vocabulary-parallel cross entropy over (N, C) logits split on the class axis: the max, the sum of
     exponentials and the target's logit are each reduced over the devices; no device sees all logits."""
     if self.axis is None:
-      return Sharded([FN.cross_entropy(l, t, ignore_index, label_smoothing, reduction) for l, t in zip(self.shards, target.shards)], None)
-    if self.axis != self.ndim - 1 or label_smoothing: raise ValueError("tensor parallel: cross entropy needs logits split on the class axis (no label smoothing)")
+      return Sharded([FN.cross_entropy(l, t, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+                      for l, t in zip(self.shards, target.shards)], None)
+    FN._reduction(reduction)
+    if self.ndim != 2 or self.axis != 1 or label_smoothing or weight is not None:
+      raise ValueError("tensor parallel: cross entropy needs (N, C) logits split on the class axis (no label smoothing or class weights)")
     logits = self._map(lambda s: s._float())
-    m = logits.max(-1, keepdim=True)
+    m = logits.amax(-1, keepdim=True)
     m = Sharded([x.detach() for x in m.shards], None)      # any constant works; keep it out of the graph
     lse = (logits - m).exp().sum(-1).log() + m.reshape(*self.shape[:-1])
     C = self.shards[0].shape[-1]
     picked = []
     for r, (l, t) in enumerate(zip(logits.shards, target.shards)):
       hit = (t - r * C).unsqueeze(-1) == Tensor.arange(C, device=l.device).reshape((1,) * t.ndim + (C,))
-      picked.append(hit.where(l, 0.0).sum(-1))
+      picked.append(l.where(hit, 0.0).sum(-1))
     loss = lse - Sharded(all_reduce(picked, "sum"), None)
     keep = target._map(lambda t: t != ignore_index)
-    loss = keep._elementwise("where", loss, 0.0)
+    loss = loss.where(keep, 0.0)
     if reduction == "none": return loss
     if reduction == "sum": return loss.sum()
-    return loss.sum() / keep._map(lambda k: k.float()).sum().maximum(1.0)
+    return loss.sum() / keep._map(lambda k: k.float()).sum()
 
   def backward(self):
     """Backward from a replicated scalar: its copies are equal, and the graph joins them, so one suffices."""

@@ -1,7 +1,8 @@
 """Fused attention (flash-attention 2 style): softmax(scale * q k^T) v without the T x S scores in memory.
 
   q (B, H, T, D), k/v (B, Hkv, S, D), H a multiple of Hkv (grouped-query heads share k/v); causal masks
-  are aligned to the bottom right like the composed path: query t sees keys s <= t + S - T.
+  are aligned to the bottom right: query t sees keys s <= t + S - T (torch's is_causal, and so the composed
+  path, aligns them to the top left; `covers` takes causal calls only when T == S, where the two agree).
 
 Kernels (CUDA: bf16 or fp16 q/k/v, D in {64, 128}, any T and S, tensor cores mma.sync m16n8k16 with
 fp32 accumulators; the numpy references take float32 too, so CPU tests can run them exactly):
@@ -20,8 +21,8 @@ fp32 accumulators; the numpy references take float32 too, so CPU tests can run t
 On sm_90 devices (H100, H200) the forward and the D = 128 backward are the wgmma kernels of attention_sm90
 (the same inputs and outputs, built for sm_90a); the mma.sync kernels above serve every other device.
 
-A row with no visible key (causal with T > S) gives a zero output and zero gradients (the composed
-path gives NaN). Memory beyond the inputs is O(B*H*T*D): the output, log-sum-exp, delta and the gradients.
+A row with no visible key (causal with T > S) gives a zero output and zero gradients (as the composed
+path does for a fully masked row, and torch). Memory beyond the inputs is O(B*H*T*D): the output, log-sum-exp, delta and the gradients.
 `flash_attention` is the autograd entry; functional.scaled_dot_product_attention calls it on CUDA
 devices for the cases `covers` accepts and composes primitive ops otherwise.
 """
@@ -172,9 +173,10 @@ class FlashAttention(Function):
     return tuple(g if need else None for g, need in zip((dq32.cast(self.dtype), dk, dv), self.needs_input_grad))
 
 
-def covers(q, k, v, attn_mask=None, scale=None) -> bool:
-  """Whether the CUDA kernels handle this scaled_dot_product_attention call."""
-  return (attn_mask is None and str(q.device).startswith("CUDA") and q.dtype in (dtypes.bfloat16, dtypes.float16)
+def covers(q, k, v, attn_mask=None, scale=None, dropout_p=0.0, is_causal=False) -> bool:
+  """Whether the CUDA kernels handle this scaled_dot_product_attention call: no mask, no dropout, and, when causal,
+  T == S (the kernels align a causal mask to the bottom right, torch's function to the top left; they agree when square)."""
+  return (attn_mask is None and dropout_p == 0 and (not is_causal or q.shape[-2] == k.shape[-2]) and str(q.device).startswith("CUDA") and q.dtype in (dtypes.bfloat16, dtypes.float16)
           and q.dtype is k.dtype is v.dtype and q.shape[-1] in (64, 128) and v.shape[-1] == q.shape[-1] and q.ndim >= 3
           and q.shape[:-3] == k.shape[:-3] == v.shape[:-3] and q.shape[-2] > 0 and k.shape[-2] > 0 and (scale is None or scale > 0))
 

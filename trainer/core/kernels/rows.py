@@ -37,7 +37,7 @@ class GatherRows(_RowsKernel):
   name = "gather_rows"
 
   def reference(self, table, idx):
-    idx = idx.reshape(-1).astype(np.int64)
+    idx, table = idx.reshape(-1).astype(np.int64), table.reshape(self.v, self.d)   # a source may arrive in its buffer's shape
     ok = (idx >= 0) & (idx < self.v)
     return np.where(ok[:, None], table[np.where(ok, idx, 0)], 0).astype(table.dtype)
 
