@@ -51,13 +51,19 @@ def plan(cfg) -> list[str]:
   missing = []
   have, why = available_devices(mesh.device)
   if have < mesh.dp * mesh.tp: missing.append(f"devices: the mesh needs {mesh.dp * mesh.tp} {mesh.device} devices, this host has {have}" + (f" ({why})" if why else ""))
-  d = cfg.data
-  if d.kind in ("c4", "imagenet"):
-    names = [os.path.join(d.path, x + e) for x in (*d.train_prefixes, d.validation_prefix) for e in (".bin", ".idx")] if d.kind == "c4" else [os.path.join(d.path, s) for s in ("train", "val")]
-    absent = [f for f in names if not os.path.exists(f)]
-    if absent: missing.append(f"data: {len(absent)} of {len(names)} paths missing, e.g. {absent[0]}")
+  names, absent = data_paths(cfg)
+  if absent: missing.append(f"data: {len(absent)} of {len(names)} paths missing, e.g. {absent[0]}")
   lines += [f"MISSING {m}" for m in missing] or ["ready: devices and data present"]
   return lines
+
+
+def data_paths(cfg) -> tuple[list[str], list[str]]:
+  """The files or folders the recipe's data needs, and those of them that are missing."""
+  d = cfg.data
+  if d.kind not in ("c4", "imagenet"): return [], []
+  names = [os.path.join(d.path, x + e) for x in (*d.train_prefixes, d.validation_prefix) for e in (".bin", ".idx")] if d.kind == "c4" \
+    else [os.path.join(d.path, s) for s in ("train", "val")]
+  return names, [f for f in names if not os.path.exists(f)]
 
 
 def main(argv=None) -> int:
@@ -74,6 +80,9 @@ def main(argv=None) -> int:
     validate_mesh(cfg, have)
   except ConfigError as e:
     print(f"error: {e}" + (f" ({why})" if why else ""), file=sys.stderr); return 2
+  absent = data_paths(cfg)[1]
+  if absent:
+    print(f"error: data missing: {absent[0]} (set data.path to the folder that holds the recipe's data)", file=sys.stderr); return 2
   mem = with_capacity(cfg, plan_memory(cfg))
   if not mem.fits:
     print(f"error: {refusal(cfg, mem)}", file=sys.stderr); return 2

@@ -92,8 +92,10 @@ def test_memory_plan_matches_the_measured_peak(tmp_path, over):
 
 
 def test_a_step_that_does_not_fit_is_refused_in_one_line(tmp_path):
+  from trainer.data.tiny_corpus import build_markov_c4
+  build_markov_c4(str(tmp_path / "c4"), vocab=256, seq_len=8192, train_samples=16, validation_samples=1024)
   args = [sys.executable, os.path.join(ROOT, "launch.py"), os.path.join(ROOT, "recipes/llama31_8b.yaml"), "--set", "mesh.device=CPU",
-          "--set", "mesh.dp=1", "--set", f"data.path={tmp_path}"]
+          "--set", "mesh.dp=1", "--set", f"data.path={tmp_path}/c4"]
   dry = subprocess.run(args + ["--dry-run"], capture_output=True, text=True, cwd=tmp_path)
   assert dry.returncode == 0 and "REFUSED the step needs" in dry.stdout, dry.stdout
   r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
