@@ -63,7 +63,7 @@ def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
 
 def layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
   axes = tuple(range(x.ndim - len(_pair(normalized_shape) if not isinstance(normalized_shape, int) else (normalized_shape,)), x.ndim))
-  xf = x._float()
+  xf = x.float()   # statistics in float32 (stored, they would round to a 16-bit input type)
   mean = xf.mean(axes, keepdim=True)
   d = xf - mean
   out = d * ((d * d).mean(axes, keepdim=True) + eps).rsqrt()
@@ -81,7 +81,7 @@ def rms_norm(x: Tensor, normalized_shape, weight=None, eps=None) -> Tensor:
   if tuple(x.shape[x.ndim - n:]) != ((normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)):
     raise TensorError(f"rms_norm: normalized_shape {normalized_shape} does not match the last axes of {_shape_str(x.shape)}")
   axes = tuple(range(x.ndim - n, x.ndim))
-  xf = x._float()
+  xf = x.float()   # statistics in float32 (stored, they would round to a 16-bit input type)
   out = xf * ((xf * xf).mean(axes, keepdim=True) + (EPS[x.dtype.name] if eps is None else eps)).rsqrt()
   out = out.cast(x.dtype)
   return out * weight if weight is not None else out
@@ -159,7 +159,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, *
   _reduction(reduction)
   x = input.movedim(1, -1) if input.ndim > 2 else input        # classes last
   C = x.shape[-1]
-  logp = x._float().log_softmax(-1)
+  logp = x.float().log_softmax(-1)
   w = weight._float() if weight is not None else None
   if target.dtype.is_float:
     if target.shape != input.shape: raise ValueError(f"cross_entropy: probability targets {_shape_str(target.shape)} need the shape of input {_shape_str(input.shape)}")
@@ -187,7 +187,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
   in the stable form with softplus."""
   _reduction(reduction)
   if target.shape != input.shape: raise ValueError(f"binary_cross_entropy_with_logits: target {_shape_str(target.shape)} needs the shape of input {_shape_str(input.shape)}")
-  x = input._float()
+  x = input.float()
   softplus_neg = x.maximum(0) - x + (1 + (-x.abs()).exp()).log()     # log(1 + exp(-x)) = -log sigmoid(x)
   loss = (pos_weight * target if pos_weight is not None else target) * softplus_neg + (1 - target) * (softplus_neg + x)
   if weight is not None: loss = loss * weight

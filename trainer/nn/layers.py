@@ -95,7 +95,7 @@ class BatchNorm2d(Module):
 
   def forward(self, x: Tensor) -> Tensor:
     C = self.num_features
-    xf = x._float()
+    xf = x.float()   # statistics in float32
     if self.training:
       n = x.shape[0] * x.shape[2] * x.shape[3]
       mean = xf.mean((0, 2, 3))

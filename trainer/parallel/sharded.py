@@ -225,7 +225,7 @@ class Sharded:
     FN._reduction(reduction)
     if self.ndim != 2 or self.axis != 1 or label_smoothing or weight is not None:
       raise ValueError("tensor parallel: cross entropy needs (N, C) logits split on the class axis (no label smoothing or class weights)")
-    logits = self._map(lambda s: s._float())
+    logits = self._map(lambda s: s.float())
     m = logits.amax(-1, keepdim=True)
     m = Sharded([x.detach() for x in m.shards], None)      # any constant works; keep it out of the graph
     lse = (logits - m).exp().sum(-1).log() + m.reshape(*self.shape[:-1])
