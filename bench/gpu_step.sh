@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-scale step on one GPU, through the launcher's loop, in one call (table at the end):
-#   bash bench/gpu_step.sh [part] [path/to/torch_reference.py]     part: check | memory | recipe | all (default all)
+#   bash bench/gpu_step.sh [part] [path/to/torch_reference.py]     part: check | memory | accum | recipe | all (default all)
 # check   the CUDA tests touched by the step's mechanisms (casts, recompute, JIT arena) on CUDA:0
 # memory  bench/llama_step.py at the 8B width: 4 and 8 layers at batch 1 x 8192 with and without recompute (the
 #         per-layer slopes), micro-batch 2 with 1 and 8 accumulation steps; the 8-layer batch-1 step next to torch
@@ -29,6 +29,9 @@ if [ "$PART" = memory ] || [ "$PART" = all ]; then
     extra=""; [ "$L" = 8 ] && [ "$rc" = none ] && extra="--torch $YARD --eval 32"
     bench $W --set model.n_layers=$L --set train.global_batch_size=1 --set train.micro_batch_size=1 --set train.recompute=$rc --steps 3 $extra
   done; done
+fi
+if [ "$PART" = memory ] || [ "$PART" = accum ] || [ "$PART" = all ]; then
+  echo "== accumulation"
   bench $W --set model.n_layers=4 --set train.global_batch_size=2 --set train.micro_batch_size=2 --steps 2
   bench $W --set model.n_layers=4 --set train.global_batch_size=16 --set train.micro_batch_size=2 --steps 1
 fi
