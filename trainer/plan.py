@@ -25,10 +25,12 @@ SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 # noted), for the two attention paths. Fused (flash) attention keeps q, k, v, its output and a float32
 # log-sum-exp per head; the composed path keeps the attention probabilities (heads x keys per token).
 #   dim: the layer input, the normed input, the residual, the normed residual and one residual sum the
-#   scheduler materialises, whole on every tensor-parallel device; qdim: q and the attention output;
+#   scheduler materialises, whole on every tensor-parallel device (fused: 4 more, calibrated on an H200,
+#   where the per-layer slope of the measured peak at the 8B width was 180 KB per token against the
+#   148 KB these counts gave: bench/gpu_step.sh memory, bench/RESULTS.md); qdim: q and the attention output;
 #   ffn: gate, up and their product; kv: k and v (qdim, ffn and kv split over tp); one: the norms'
 #   statistics; heads: the softmax statistics and keys: the probabilities (composed attention only).
-SAVED_FUSED = {"dim": 5, "qdim": 2, "ffn": 3, "kv": 2, "one": 4}
+SAVED_FUSED = {"dim": 9, "qdim": 2, "ffn": 3, "kv": 2, "one": 4}
 SAVED_COMPOSED = {"dim": 5, "qdim": 2, "ffn": 3, "kv": 2, "one": 4, "heads": 2, "keys": 2}
 HEAD_SAVED = 3   # dim-wide tensors outside the layers: the embedding's output, the final norm's input and output
 HEADROOM = 0.95   # a plan fits when it needs at most this share of a device: measured peaks came within 5% of it
