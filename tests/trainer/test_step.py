@@ -115,3 +115,17 @@ def test_out_of_memory_during_training_is_one_line_and_keeps_the_checkpoint(tmp_
   line = r.stderr.strip()
   assert "\n" not in line and "Traceback" not in r.stderr and "out of memory on CPU:0" in line and "at step 2" in line and "plan" in line, line
   assert sorted(os.listdir(tmp_path / "ck")) == saved
+
+
+def test_tensor_parallel_shards_are_initialised_on_their_devices_as_slices_of_one_build():
+  from trainer.build import build_replica
+  from trainer.core import Tensor
+  cfg = load_config(os.path.join(ROOT, "recipes/llama_tiny.yaml"), TINY)
+  Tensor.manual_seed(7)
+  whole = {n: t.numpy() for n, t in build_replica(cfg, ["CPU:5"]).named_parameters()}
+  Tensor.manual_seed(7)
+  sharded = build_replica(cfg, ["CPU:6", "CPU:7"])
+  for n, s in sharded.named_parameters():
+    assert [t.device for t in s.shards] == ["CPU:6", "CPU:7"], n
+    np.testing.assert_array_equal(s.full().numpy(), whole[n], err_msg=n)
+  assert len({whole[n].tobytes() for n in ("model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight")}) == 2
