@@ -1,6 +1,7 @@
 """The fused attention kernels one by one: the Hopper (wgmma) and the mma.sync versions next to torch.
 
-  python bench/attention_kernels.py [B H T D]      (default 8 16 2048 128, causal bf16)
+  python bench/attention_kernels.py [B H T D [HKV]]      (default 8 16 2048 128, HKV = H; causal bf16)
+  python bench/attention_kernels.py 1 32 8192 128 8       (the 8B benchmark's own shape: 8 kv heads)
 
 Launches the forward, delta and backward kernels straight (no graph, no casts), checks the outputs of each
 version against torch's scaled_dot_product_attention on the same bf16 inputs (max|diff| / max|ref|), and
@@ -29,11 +30,12 @@ def program(rt, kern, arch: str, nargs: int):
 
 def main():
   b, h, t, d = (int(x) for x in sys.argv[1:5]) if len(sys.argv) >= 5 else (8, 16, 2048, 128)
+  hkv = int(sys.argv[5]) if len(sys.argv) >= 6 else h
   import torch
   rt = get_runtime(DEV)
-  args = (b, h, h, t, t, d, True, d ** -0.5, dtypes.bfloat16)
+  args = (b, h, hkv, t, t, d, True, d ** -0.5, dtypes.bfloat16)
   rng = np.random.default_rng(0)
-  words = [f32_to_bf16(rng.standard_normal((b, h, t, d), dtype=np.float32)) for _ in range(4)]
+  words = [f32_to_bf16(rng.standard_normal((b, heads, t, d), dtype=np.float32)) for heads in (h, hkv, hkv, h)]
   bufs = []
   for w in words:
     x = Buffer(DEV, w.size, dtypes.bfloat16)
@@ -42,15 +44,15 @@ def main():
   q, k, v, do = bufs
   tq, tk, tv, tdo = (torch.from_numpy(w.view(np.int16)).cuda().view(torch.bfloat16) for w in words)
   for x in (tq, tk, tv): x.requires_grad_(True)
-  sdpa = torch.nn.functional.scaled_dot_product_attention
+  sdpa = lambda q, k, v, is_causal: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=hkv != h)
   ref_o = sdpa(tq, tk, tv, is_causal=True)
   ref = [ref_o.float()] + [g.float() for g in torch.autograd.grad(ref_o, (tq, tk, tv), tdo)]
   err = lambda mine, want: ((mine - want).abs().max() / want.abs().max()).item()
   flops = 4 * b * h * t * t * d / 2
   fwd_k, dl_k, bwd_k = AttentionForward(*args), AttentionDelta(*args), AttentionBackward(*args)
-  n = b * h * t * d
+  n, nkv = b * h * t * d, b * hkv * t * d
   out, lse, delta = Buffer(DEV, n, dtypes.bfloat16), Buffer(DEV, b * h * t, dtypes.float32), Buffer(DEV, b * h * t, dtypes.float32)
-  dq, dk, dv = Buffer(DEV, n, dtypes.float32), Buffer(DEV, n, dtypes.bfloat16), Buffer(DEV, n, dtypes.bfloat16)
+  dq, dk, dv = Buffer(DEV, n, dtypes.float32), Buffer(DEV, nkv, dtypes.bfloat16), Buffer(DEV, nkv, dtypes.bfloat16)
   rows = []
   for label, arch in (("wgmma", rt.arch), ("mma.sync", "sm_80")):
     fwd, dl, bwd = program(rt, fwd_k, arch, 5), program(rt, dl_k, rt.arch, 3), program(rt, bwd_k, arch, 9)
@@ -60,7 +62,7 @@ def main():
     run_f(); run_d(); run_b(); rt.synchronize()
     o = torch.from_numpy(out.numpy().view(np.int16)).cuda().view(torch.bfloat16).float().reshape(b, h, t, d)
     g = [torch.from_numpy(dq.numpy()).cuda()] + [torch.from_numpy(x.numpy().view(np.int16)).cuda().view(torch.bfloat16).float() for x in (dk, dv)]
-    errs = [err(o, ref[0])] + [err(x.reshape(b, h, t, d), want) for x, want in zip(g, ref[1:])]
+    errs = [err(o, ref[0])] + [err(x.reshape(want.shape), want) for x, want in zip(g, ref[1:])]
     ms = [timed(rt, run_f), timed(rt, run_d), timed(rt, run_b)]
     rows.append((label, ms, errs))
   with torch.no_grad(): tf = timed_torch(torch, lambda: sdpa(tq, tk, tv, is_causal=True))
@@ -68,7 +70,7 @@ def main():
     o = sdpa(tq, tk, tv, is_causal=True)
     return torch.autograd.grad(o, (tq, tk, tv), tdo)
   tfb = timed_torch(torch, step)
-  print(f"\ncausal bf16 B={b} H={h} T={t} D={d}; torch {torch.__version__}")
+  print(f"\ncausal bf16 B={b} H={h} HKV={hkv} T={t} D={d}; torch {torch.__version__}")
   print(f"| {'version':9s} | fwd ms | fwd TF/s | delta ms | bwd ms | bwd TF/s | fwd+bwd TF/s | err out / dq / dk / dv")
   for label, (f, dd, bb), e in rows:
     print(f"| {label:9s} | {f:6.3f} | {flops / f / 1e9:8.1f} | {dd:8.3f} | {bb:6.3f} | {2.5 * flops / bb / 1e9:8.1f} | "

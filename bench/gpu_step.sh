@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-scale step on one GPU, through the launcher's loop, in one call (table at the end):
-#   bash bench/gpu_step.sh [part] [path/to/torch_reference.py]     part: check | memory | accum | recipe | all (default all)
+#   bash bench/gpu_step.sh [part] [path/to/torch_reference.py]     part: check | memory | accum | recipe | speed | all (default all)
 # check   the CUDA tests touched by the step's mechanisms (casts, recompute, JIT arena) on CUDA:0
 # memory  bench/llama_step.py at the 8B width: 4 and 8 layers at batch 1 x 8192 with and without recompute (the
 #         per-layer slopes), micro-batch 2 with 1 and 8 accumulation steps; the 8-layer batch-1 step next to torch
@@ -8,6 +8,8 @@
 # recipe  launch.py recipes/llama31_8b.yaml with only data.path, mesh.dp=1 and model.n_layers changed (the largest
 #         layer count the plan fits on this GPU), 13 steps at the recipe's batch; tensor and data parallelism on two
 #         virtual devices (memory per device against the plan); the 32-layer model's build
+# speed   (not in all) the fused-kernel tests on CUDA:0, the attention kernels at B8 H16 T2048 and at the benchmark's
+#         B1 H32 (8 kv) T8192 against torch sdpa, the 8-layer batch-1 step against torch eager and amp, and its profile
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PART=${1:-all}
@@ -60,6 +62,15 @@ t0 = time.perf_counter(); m = build_replica(cfg, ["CUDA:0"]); t1 = time.perf_cou
 DataParallel([m], lambda ps: build_optimizer(cfg, ps), master_dtype="float32"); t2 = time.perf_counter()
 print(f"BUILD 8B (32 layers): model {t1 - t0:.1f}s, optimizer state {t2 - t1:.1f}s, host peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 PYEOF
+fi
+if [ "$PART" = speed ]; then
+  echo "== speed"
+  timeout 300 $PY -m pytest -q --tb=short -p no:cacheprovider tests/core/test_kernels.py tests/core/test_attention_kernel.py 2>&1 | tail -3
+  timeout 300 $PY bench/attention_kernels.py 2>&1 | tail -5
+  timeout 300 $PY bench/attention_kernels.py 1 32 8192 128 8 2>&1 | tail -5
+  bench $W --set model.n_layers=8 --set train.global_batch_size=1 --set train.micro_batch_size=1 --steps 5 --torch $YARD
+  TRAINER_CUDA_GRAPHS=0 timeout 600 $PY bench/llama_step.py $W --set model.n_layers=8 --set train.global_batch_size=1 \
+    --set train.micro_batch_size=1 --steps 2 --profile 2>&1 | tee "$OUT/profile.txt" | grep -E "^ +[0-9.]+ ms|^profile|^ours"
 fi
 echo "== table"
 grep -E "^BENCH" "$OUT/gpu_step.log"

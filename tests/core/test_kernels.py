@@ -6,6 +6,7 @@ import pytest
 from trainer.core import Tensor, dtypes, jit
 from trainer.core.custom import CustomKernel
 from trainer.core.kernels.rows import take_rows, GatherRows, ScatterAddRows
+from trainer.core.kernels.adamw import AdamWStep
 from trainer.core.lazy import LazyBuffer
 from trainer.core.runtime import cuda as rc
 from trainer.core.schedule import create_schedule, CustomItem
@@ -132,6 +133,9 @@ KERNELS = {
   "gather_bf16_odd": GatherRows(7, 11, 3, dtypes.bfloat16, dtypes.int64),
   "scatter_bf16": ScatterAddRows(1000, 128256, 2048, dtypes.bfloat16, dtypes.int32),
   "scatter_f32": ScatterAddRows(7, 11, 9, dtypes.float32, dtypes.int64),
+  "adamw_bf16_master_scaled": AdamWStep(14336 * 4096, dtypes.bfloat16, dtypes.bfloat16, (0.9, 0.95, 1e-5, 0.1), True),
+  "adamw_f32_odd": AdamWStep(7, dtypes.float32, None, (0.9, 0.999, 1e-8, 0.0), False),
+  "adamw_f16": AdamWStep(33, dtypes.float16, dtypes.float16, (0.9, 0.999, 1e-8, 0.01), False),
 }
 
 
@@ -159,3 +163,21 @@ def test_gpu_take_rows_matches_cpu(dtype, d):
     res.append((out.float().numpy(), w.grad.float().numpy()))
   np.testing.assert_array_equal(res[1][0], res[0][0])
   np.testing.assert_allclose(res[1][1], res[0][1], rtol=1e-2 if dtype == "bfloat16" else 1e-5, atol=1e-2 if dtype == "bfloat16" else 1e-5)
+
+
+@gpu
+@pytest.mark.parametrize("param_dtype", ["bfloat16", "float32"])
+def test_adamw_fused_on_device_equals_primitive_ops(param_dtype):
+  from trainer.nn import AdamW
+  rng = np.random.default_rng(4)
+  w0, gs = rng.standard_normal((1000, 37)).astype(np.float32), [rng.standard_normal((1000, 37)).astype(np.float32) for _ in range(3)]
+  got = []
+  for fused in (True, False):
+    p = Tensor(w0, dtype=param_dtype, device=DEV, requires_grad=True)
+    opt = AdamW([p], lr=0.01, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1, fused=fused)
+    for g in gs:
+      p.grad = Tensor(g, dtype="bfloat16", device=DEV)
+      opt.step(grad_scale=Tensor(np.array([0.7], np.float32), device=DEV))
+    got.append((p.numpy(), opt.state[0]["exp_avg_sq"].numpy()))
+  np.testing.assert_array_equal(got[0][0], got[1][0])
+  np.testing.assert_array_equal(got[0][1], got[1][1])

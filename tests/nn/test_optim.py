@@ -164,3 +164,84 @@ def test_optimizer_state_dict_round_trip():
   from trainer.checkpoint import CheckpointError
   with pytest.raises(CheckpointError, match="missing tensor 'b.exp_avg'"):
     sd.pop("b.exp_avg"); opt2.load_state_dict(sd)
+
+
+# ---- the fused AdamW kernel (trainer/core/kernels/adamw.py) against the primitive-op formulation ----
+FUSED_SHAPES = [(7,), (5, 3), (1,), (33, 17)]
+
+
+def _adamw_run(fused, param_dtype, grad_dtype, scaled, steps=4):
+  rng = np.random.default_rng(5)
+  ps = [Tensor(rng.standard_normal(s).astype(np.float32), dtype=param_dtype, requires_grad=True) for s in FUSED_SHAPES]
+  opt = AdamW(list(zip("abcd", ps)), lr=0.1, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1, no_decay=lambda n, p: n == "b", fused=fused)
+  for k in range(steps):
+    opt.set_lr(LRS[k])
+    for p in ps: p.grad = Tensor(rng.standard_normal(p.shape).astype(np.float32), dtype=grad_dtype)
+    opt.step(grad_scale=Tensor(np.array([0.5 + 0.25 * k], np.float32)) if scaled else None)
+  state = {k: v.numpy() for k, v in opt.state_dict().items()}
+  return [p.numpy() for p in ps], state, opt
+
+
+@pytest.mark.parametrize("param_dtype,grad_dtype,scaled", [("float32", "float32", False), ("bfloat16", "bfloat16", True),
+                                                           ("bfloat16", "float32", False), ("float16", "float16", True)])
+def test_adamw_fused_equals_primitive_ops(param_dtype, grad_dtype, scaled):
+  fused, fstate, _ = _adamw_run(True, param_dtype, grad_dtype, scaled)
+  plain, pstate, _ = _adamw_run(False, param_dtype, grad_dtype, scaled)
+  for a, b in zip(fused, plain): np.testing.assert_array_equal(a, b)
+  assert set(fstate) == set(pstate)
+  for k in fstate: np.testing.assert_array_equal(fstate[k], pstate[k], err_msg=k)
+
+
+def test_adamw_fused_against_float64_reference():
+  """bf16 parameters, fp32 master and moments, a gradient scale: the torch formula in float64."""
+  _, state, opt = _adamw_run(True, "bfloat16", "bfloat16", True)
+  rng = np.random.default_rng(5)
+  ws = [rng.standard_normal(s).astype(np.float32) for s in FUSED_SHAPES]
+  ws = [Tensor(w, dtype="bfloat16").float().numpy().astype(np.float64) for w in ws]   # the master starts at the bf16 weight
+  m = [np.zeros_like(w) for w in ws]; v = [np.zeros_like(w) for w in ws]
+  for k in range(4):
+    t = k + 1
+    for i, w in enumerate(ws):
+      g = Tensor(rng.standard_normal(w.shape).astype(np.float32), dtype="bfloat16").float().numpy().astype(np.float64) * (0.5 + 0.25 * k)
+      if i != 1: ws[i] = w * (1 - LRS[k] * 0.1)
+      m[i] = 0.9 * m[i] + 0.1 * g
+      v[i] = 0.95 * v[i] + 0.05 * g * g
+      ws[i] = ws[i] - LRS[k] / (1 - 0.9 ** t) * m[i] / (np.sqrt(v[i]) / math.sqrt(1 - 0.95 ** t) + 1e-5)
+  for i, name in enumerate("abcd"):
+    np.testing.assert_allclose(state[f"{name}.master"], ws[i], rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(state[f"{name}.exp_avg"], m[i], rtol=2e-5, atol=1e-6)
+    # the parameter is its master rounded to bfloat16 (bit for bit)
+    np.testing.assert_array_equal(opt.params[i].numpy(), Tensor(state[f"{name}.master"], dtype="bfloat16").numpy())
+
+
+def test_adamw_fused_is_one_kernel_per_parameter_in_place():
+  from trainer.core import realize as R
+  ps = [Tensor(np.random.default_rng(1).standard_normal(s).astype(np.float32), dtype="bfloat16", requires_grad=True) for s in FUSED_SHAPES]
+  opt = AdamW(ps, lr=0.1)
+  held = [(p.lazydata.buffer, opt.master[i].lazydata.buffer, opt.state[i]["exp_avg"].lazydata.buffer) for i, p in enumerate(ps)]
+  for p in ps: p.grad = Tensor(np.ones(p.shape, np.float32), dtype="bfloat16").contiguous().realize()
+  before = R.stats["kernels"]
+  opt.step()
+  assert R.stats["kernels"] - before == 1 + len(ps)   # the step counter, then one update per parameter
+  for i, p in enumerate(ps):
+    assert (p.lazydata.buffer, opt.master[i].lazydata.buffer, opt.state[i]["exp_avg"].lazydata.buffer) == held[i]
+    assert p.lazydata.buffer is held[i][0]
+
+
+def test_adamw_fused_replays_under_jit():
+  rng = np.random.default_rng(2)
+  w0 = rng.standard_normal((6, 5)).astype(np.float32)
+  gs = [rng.standard_normal((6, 5)).astype(np.float32) for _ in range(5)]
+  results = []
+  for jitted in (False, True):
+    p = Tensor(w0, dtype="bfloat16", requires_grad=True)
+    opt = AdamW([p], lr=0.05, weight_decay=0.1)
+    def step(g):
+      p.grad = g.cast("bfloat16")
+      opt.step(grad_scale=(g.square().sum().sqrt() + 1).reciprocal())
+      return p
+    f = jit(step) if jitted else step
+    for g in gs: f(Tensor(g))
+    results.append((p.numpy(), opt.master[0].numpy()))
+  np.testing.assert_array_equal(results[0][0], results[1][0])
+  np.testing.assert_array_equal(results[0][1], results[1][1])

@@ -29,9 +29,11 @@ class CustomKernel:
 
 class CustomCall:
   """One use of a kernel in the graph (the arg of each of its output nodes): the outputs' (shape, dtype) and,
-  once LazyBuffer.custom made them, weak references to their nodes (None for one nobody holds any more)."""
-  def __init__(self, kernel: CustomKernel, device: str, specs):
+  once LazyBuffer.custom made them, weak references to their nodes (None for one nobody holds any more);
+  `into`: for each output, the realized LazyBuffer whose buffer it is written into, or None for a new one."""
+  def __init__(self, kernel: CustomKernel, device: str, specs, into=None):
     self.kernel, self.device, self.specs = kernel, device, [(tuple(shape), dtype) for shape, dtype in specs]
+    self.into = list(into) if into is not None else [None] * len(self.specs)
     self.outputs = []
 
   def __repr__(self): return repr(self.kernel)

@@ -108,12 +108,16 @@ class LazyBuffer:
     return LazyBuffer(self.device, self.dtype, self.shape, Op.ASSIGN, (self, value))
 
   @staticmethod
-  def custom(kernel, srcs, outputs) -> list[LazyBuffer]:
+  def custom(kernel, srcs, outputs, into=None) -> list[LazyBuffer]:
     """The outputs ((shape, dtype) each) of a hand-written kernel (custom.CustomKernel), made together by one
-    item of the schedule; it reads its sources as contiguous arrays."""
+    item of the schedule; it reads its sources as contiguous arrays. `into` (one entry per output, or None):
+    realized buffers (bases of the output's size and type) that the kernel writes in place of new ones, after
+    everything else that reads their old values (as an assign would)."""
     srcs = [s if s.view.contiguous else s.contiguous() for s in srcs]
     assert len({s.device for s in srcs}) == 1, "a custom kernel's sources must be on one device"
-    call = CustomCall(kernel, srcs[0].device, outputs)
+    for t, (shape, dt) in zip(into or (), outputs):
+      assert t.op is Op.BUFFER and t.realized and t.dtype == dt and t.size == math.prod(shape), "custom: an `into` target must be a realized buffer of the output's size and type"
+    call = CustomCall(kernel, srcs[0].device, outputs, into)
     outs = [LazyBuffer(call.device, dt, shape, Op.CUSTOM, srcs, call) for shape, dt in call.specs]
     call.outputs = [weakref.ref(o) for o in outs]
     return outs

@@ -58,7 +58,7 @@ def _run_item(item):
     if capturing is not None: capturing.append(("collective", item.plan, ins + outs))
     return _become(item.outputs, outs)
   if isinstance(item, CustomItem):
-    outs = [Buffer(item.call.device, math.prod(shape), dt) for shape, dt in item.call.specs]
+    outs = [t.buffer if t is not None else Buffer(item.call.device, math.prod(shape), dt) for t, (shape, dt) in zip(item.call.into, item.call.specs)]
     _launch(item, outs + ins)
     return _become(item.outputs, outs)
   out = item.output

@@ -252,6 +252,14 @@ def _created(item) -> int:
   return min(o.seq for o in outs if o is not None)
 
 
+def _writes(item) -> list:
+  """The realized buffers (ids of their bases) the item overwrites in place: an ASSIGN kernel's target, a
+  custom kernel's `into` buffers."""
+  if isinstance(item, Kernel): return [id(item.output.srcs[0].base)] if item.output.op is Op.ASSIGN else []
+  if isinstance(item, CustomItem): return [id(t) for t in item.call.into if t is not None]
+  return []
+
+
 def _delay_copies(items: list) -> list:
   """Move each device copy down to just before its first reader (or a write to its source). A copy
   orders the two devices' streams, so a copy issued early would make one device wait for work the other
@@ -260,8 +268,8 @@ def _delay_copies(items: list) -> list:
   for it in items:
     if pending:
       reads = {id(i) for i in it.inputs}
-      writes = id(it.output.srcs[0].base) if isinstance(it, Kernel) and it.output.op is Op.ASSIGN else None
-      due = [c for c in pending if id(c.output) in reads or id(c.source) == writes]
+      writes = _writes(it)
+      due = [c for c in pending if id(c.output) in reads or id(c.source) in writes]
       for c in due: pending.remove(c)
       out += due
     if isinstance(it, CopyItem): pending.append(it)
@@ -274,7 +282,7 @@ def _order_assigns(items: list) -> list:
   for i, it in enumerate(items):
     for o in (it.outputs if isinstance(it, (CustomItem, CollectiveItem)) else [it.output]):
       if o is not None: producer[id(o)] = i
-    if isinstance(it, Kernel) and it.output.op is Op.ASSIGN: writes[id(it.output.srcs[0].base)] = i
+    for w in _writes(it): writes[w] = i
   if not writes: return items
   deps = {i: set() for i in range(len(items))}
   for i, it in enumerate(items):

@@ -10,6 +10,11 @@ a narrower type (e.g. bfloat16 weights that the matmuls read) gets a master copy
 by the optimizer; the update is computed in float32, applied to the master, and its cast is written back
 to the parameter. Moments (momentum, Adam's m and v) are kept in `master_dtype` too.
 
+AdamW's update of a float32-state parameter is one hand-written kernel on the CPU and CUDA (core.kernels.adamw:
+it reads the master weight, moments and gradient once and writes them back in place with the rounded weight),
+the same arithmetic as the primitive-op formulation below, which other devices (and `fused=False`) run.
+Global-norm clipping passes its coefficient to `step(grad_scale=...)`, so the clipped gradient is never stored.
+
 `params` is a list of Tensors, a list of (name, Tensor) pairs (e.g. `model.named_parameters()`), or a
 dict; names key the optimizer state in `state_dict()` (index numbers when none are given).
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import math
 import numpy as np
 from ..core import Tensor, dtypes, no_grad
+from ..core.kernels.adamw import adamw_update, renders_on
 from .module import materialize
 
 
@@ -32,18 +38,25 @@ def _named(params) -> list[tuple[str, Tensor]]:
   return out
 
 
-def clip_grad_norm(params, max_norm: float, eps: float = 1e-6) -> Tensor:
-  """Scale all gradients by min(1, max_norm / (total_norm + eps)) (torch.nn.utils.clip_grad_norm_);
-  returns the total (pre-clip) L2 norm over all gradients as a float32 tensor of shape ()."""
+def clip_scale(params, max_norm: float, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+  """(total L2 norm over all gradients, min(1, max_norm / (total + eps))), float32 tensors of shape ():
+  global-norm clipping's coefficient, for `Optimizer.step(grad_scale=...)`."""
   ps = [p for _, p in _named(params) if p.grad is not None]
-  if not ps: return Tensor(0.0)
+  if not ps: return Tensor(0.0), Tensor(1.0)
   sq = None
   for p in ps:
     s = p.grad.float().square().sum()
     sq = s if sq is None else sq + s
   total = sq.sqrt()
-  coef = (max_norm / (total + eps)).minimum(1.0)
-  for p in ps: p.grad = (p.grad.float() * coef).cast(p.grad.dtype)
+  return total, (max_norm / (total + eps)).minimum(1.0)
+
+
+def clip_grad_norm(params, max_norm: float, eps: float = 1e-6) -> Tensor:
+  """Scale all gradients by min(1, max_norm / (total_norm + eps)) (torch.nn.utils.clip_grad_norm_);
+  returns the total (pre-clip) L2 norm over all gradients as a float32 tensor of shape ()."""
+  total, coef = clip_scale(params, max_norm, eps)
+  for _, p in _named(params):
+    if p.grad is not None: p.grad = (p.grad.float() * coef).cast(p.grad.dtype)
   return total
 
 
@@ -76,22 +89,27 @@ class Optimizer:
     """Return the new fp32 weight from fp32 weight w and fp32 gradient g (assigning state as needed)."""
     raise NotImplementedError
 
-  def step(self):
-    """Apply one update to every parameter that has a gradient, then realize params and state."""
+  def step(self, grad_scale: Tensor | None = None):
+    """Apply one update to every parameter that has a gradient, then realize params and state.
+    grad_scale: a one-element float32 tensor every gradient is multiplied by (global-norm clipping's coefficient)."""
     with no_grad():
       self.step_count.assign(self.step_count + 1)
       out = [self.step_count]
       for i, p in enumerate(self.params):
         if p.grad is None: continue
-        g = p.grad.detach().float()
-        m = self.master[i]
-        w = m if m is not None else p.detach()
-        new = self._update(i, w.float(), g)
-        if m is not None:
-          m.assign(new); p.assign(m.cast(p.dtype)); out.append(m)
-        else: p.assign(new.cast(p.dtype))
-        out += [p, *self.state[i].values()]
+        out += self._apply(i, p, p.grad.detach(), grad_scale)
       Tensor.realize_all(*out)
+
+  def _apply(self, i: int, p: Tensor, grad: Tensor, scale: Tensor | None) -> list[Tensor]:
+    """Update parameter i (and its master and state) from its gradient; returns the tensors it changed."""
+    g = grad.float() if scale is None else grad.float() * scale.float().reshape(())
+    m = self.master[i]
+    w = m if m is not None else p.detach()
+    new = self._update(i, w.float(), g)
+    if m is not None:
+      m.assign(new); p.assign(m.cast(p.dtype))
+    else: p.assign(new.cast(p.dtype))
+    return [p, *([m] if m is not None else []), *self.state[i].values()]
 
   # ---- checkpoints ----
   def state_dict(self) -> dict[str, Tensor]:
@@ -148,12 +166,23 @@ class AdamW(Optimizer):
   w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). `no_decay(name, tensor)` picks parameters
   without weight decay (default: none excluded, as MLPerf's llama31_8b reference)."""
   def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
-               no_decay=None, master_dtype="float32"):
+               no_decay=None, master_dtype="float32", fused: bool | None = None):
     super().__init__(params, lr, master_dtype)
     self.b1, self.b2 = betas
     self.eps, self.weight_decay = eps, weight_decay
     self.decay = [not (no_decay and no_decay(n, p)) for n, p in self.named]
+    self.fused = fused
     for i, p in enumerate(self.params): self._init_state(i, p)
+
+  def _apply(self, i, p, grad, scale):
+    """fused (None: where the device renders it): the whole update of a float32-state parameter as one
+    kernel (core.kernels.adamw, the same arithmetic as _update) instead of four."""
+    fused = self.fused if self.fused is not None else renders_on(p.device)
+    if not fused or self.state_dtype is not dtypes.float32 or not grad.dtype.is_float: return super()._apply(i, p, grad, scale)
+    m = self.master[i]
+    hyper = (self.b1, self.b2, self.eps, self.weight_decay if self.decay[i] else 0.0)
+    return adamw_update(m if m is not None else p, self.state[i]["exp_avg"], self.state[i]["exp_avg_sq"], grad,
+                        self.lr, self.step_count, hyper, scale, p if m is not None else None)
 
   def _init_state(self, i, p):
     if "exp_avg" not in self.state[i]:

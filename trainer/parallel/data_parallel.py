@@ -19,7 +19,7 @@ been summed over its tp group (tensor_parallel.sync_replicated_grads).
 from __future__ import annotations
 from ..core import Tensor, dtypes, no_grad, precision
 from ..nn.module import materialize, _np_of
-from ..nn.optim import clip_grad_norm
+from ..nn.optim import clip_scale
 from .collectives import all_reduce, reduce_scatter, all_gather
 from .ring import bounds
 from .tensor_parallel import param_groups, sync_replicated_grads
@@ -96,37 +96,33 @@ class DataParallel:
           for i in range(len(rank[0])):    # one all-reduce per parameter: no flattening pass over all gradients
             for ps, g in zip(rank, all_reduce([self._grad(ps[i]) for ps in rank], "mean")):
               ps[i].grad = g.cast(ps[i].dtype if ps[i].dtype.is_float else dtypes.float32)
-        if self.clip_norm:
-          for d in range(len(self.models)): self._clip([rank[d] for rank in self.ranks])
-        for opt in self.opts:
-          opt.step(); opt.zero_grad()
+        per = len(self.models)   # the optimizer of tp rank r and replica d is opts[r * per + d]
+        scales = [self._clip_scales([rank[d] for rank in self.ranks]) if self.clip_norm else [None] * len(self.ranks) for d in range(per)]
+        for i, opt in enumerate(self.opts):
+          opt.step(grad_scale=scales[i % per][i // per]); opt.zero_grad()
         return
       chunks = [reduce_scatter([self._grad(ps[i]).reshape(-1) for ps in self.params], "mean") for i in range(len(self.sizes))]
       if self.clip_norm:   # the global norm over every chunk of every replica
         sq = [sum((c[r].float().square().sum() for c in chunks), Tensor(0.0, device=d)).reshape(1) for r, d in enumerate(self.devices)]
         coef = [(self.clip_norm / (s.sqrt() + 1e-6)).minimum(1.0) for s in all_reduce(sq, "sum")]
-        chunks = [[g * coef[r] for r, g in enumerate(c)] for c in chunks]
       for r, opt in enumerate(self.opts):
         for shard, c in zip(self.shards[r], chunks): shard.grad = c[r]
-        opt.step()
+        opt.step(grad_scale=coef[r] if self.clip_norm else None)
       for i, p0 in enumerate(self.params[0]):
         full = all_gather([self.shards[r][i].detach().cast(p0.dtype) for r in range(len(self.models))], (self.sizes[i],))
         new = [ps[i].assign(f.reshape(ps[i].shape)) for ps, f in zip(self.params, full)]
         for ps in self.params: ps[i].grad = None
         Tensor.realize_all(*new)
 
-  def _clip(self, groups: list[list[Tensor]]):
-    """Global-norm clipping of one replica whose parameters are spread over a tensor-parallel group
-    (each replicated parameter counted once)."""
-    if len(groups) == 1:
-      clip_grad_norm(groups[0], self.clip_norm); return
+  def _clip_scales(self, groups: list[list[Tensor]]) -> list[Tensor]:
+    """Global-norm clipping's coefficient for one replica whose parameters are spread over a tensor-parallel
+    group (each replicated parameter counted once), on each rank's device: the optimizers scale the gradients."""
+    if len(groups) == 1: return [clip_scale(groups[0], self.clip_norm)[1]]
     sq = [sum((p.grad.float().square().sum() for p, rep in zip(ps, self.replicated) if r == 0 or not rep), Tensor(0.0, device=ps[0].device))
           for r, ps in enumerate(groups)]
     total = sum(s.to(groups[0][0].device) for s in sq[1:]) + sq[0]
     coef = (self.clip_norm / (total.sqrt() + 1e-6)).minimum(1.0)
-    for ps in groups:
-      c = coef.to(ps[0].device)
-      for p in ps: p.grad = (p.grad.float() * c).cast(p.grad.dtype)
+    return [coef.to(ps[0].device) for ps in groups]
 
   def state_dict(self) -> dict:
     if not self.zero1:

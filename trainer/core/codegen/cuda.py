@@ -81,6 +81,7 @@ class Rendered:
   arch: str | None = None     # a different target than the device's own (e.g. sm_90a), or None
   zero_output: int = 0        # bytes of the (first) output set to 0 before each launch (kernels that accumulate atomically)
   tmaps: tuple = ()           # TensorMaps passed by value after the buffers, encoded at launch
+  fmad: bool = True           # False: no multiply-add contraction (a kernel that must compute as the graph's kernels do)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class AttentionForward(_Attention):
 
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
-    grid = ((self.t + self.BM - 1) // self.BM, self.b * self.h, 1)
+    grid = (self.b * self.h, (self.t + self.BM - 1) // self.BM, 1)   # every head's longest rows first: no causal tail
     if _hopper(arch): return sm90.render_forward(self, fname, grid, HEADER + self._defines() + COMMON)
     src = HEADER + self._defines() + f"#define BM {self.BM}\n#define BN {self.BN}\n" + COMMON + FORWARD.replace("@NAME@", fname)
     smem = (self.BM + 4 * self.BN) * (self.d + 8) * 2
@@ -128,7 +128,7 @@ class AttentionBackward(_Attention):
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
     zero = self.b * self.h * self.t * self.d * 4   # dQ, accumulated atomically
-    grid = ((self.s + self.BN - 1) // self.BN, self.b * self.hkv, 1)
+    grid = (self.b * self.hkv, (self.s + self.BN - 1) // self.BN, 1)   # the first keys (most causal rows) of every head first
     if _hopper(arch) and self.d == 128:
       return sm90.render_backward(self, fname, grid, HEADER + self._defines() + COMMON, zero)
     bm, bn, dp = self.BM, self.BN, self.d + 8
@@ -295,8 +295,8 @@ extern "C" __global__ void __launch_bounds__(NT) @NAME@(unsigned short* __restri
   unsigned short* Ks = Qs + BM * DP;
   unsigned short* Vs = Ks + 2 * BN * DP;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
-  const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / (H / HKV);
-  const int m0 = (gridDim.x - 1 - blockIdx.x) * BM;   // the longest causal rows first
+  const int bh = blockIdx.x, b = bh / H, h = bh % H, hk = h / (H / HKV);
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;   // the longest causal rows first, over all heads
   const int r0 = warp * 16;
   const unsigned short* qp = q + (long long)bh * T * D;
   const unsigned short* kp = k + ((long long)b * HKV + hk) * S * D;
@@ -404,8 +404,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ d
   float* Ll = (float*)(dSs + BN * SP);               // 2 stages of BM log-sum-exps
   float* Dl = Ll + 2 * BM;                           // 2 stages of BM deltas
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
-  const int bhk = blockIdx.y, b = bhk / HKV, hk = bhk % HKV;
-  const int n0 = blockIdx.x * BN, kr = warp * 16;
+  const int bhk = blockIdx.x, b = bhk / HKV, hk = bhk % HKV;
+  const int n0 = blockIdx.y * BN, kr = warp * 16;
   const long long kvoff = (long long)bhk * S * D;
   unsigned short* dk_out = dk_all + kvoff;
   unsigned short* dv_out = dv_all + kvoff;

@@ -598,7 +598,7 @@ class CUDARuntime(Runtime):
   def compile_custom(self, kernel, name: str, outs, inputs):
     if not hasattr(kernel, "render_cuda"): return super().compile_custom(kernel, name, outs, inputs)
     r = kernel.render_cuda(name, self.arch)
-    cubin = compile_cuda(r.src, r.arch or self.arch, f"{name}.cu")
+    cubin = compile_cuda(r.src, r.arch or self.arch, f"{name}.cu", fmad=r.fmad)
     return self.load(cubin, name, r.grid, r.block, r.smem, len(outs) + len(inputs), r.zero_output, r.tmaps)
 
   def _launch(self, prog: Program, params):
