@@ -158,6 +158,42 @@ def test_gpu_vector_path_offsets_and_tails(dtype):
     np.testing.assert_allclose(g, c, rtol=1e-6, atol=1e-6)
 
 
+def _row_cases():
+  """Kernels of several axes whose last one is contiguous in the output: the vector path per row, with loads
+  broadcast along it (a row's statistic, a label), contiguous, strided, masked, misaligned, and int."""
+  return [
+    ((300, 520), lambda a: (a - a.amax(axis=1, keepdim=True)).exp() * 2),
+    ((64, 1000), lambda a: a * 3 - (Tensor.arange(1000, device=a.device) == (a[:, :1] > 0).cast(dtypes.int32)).cast(a.dtype)),
+    ((4, 48, 8, 64), lambda a: (a * a[:1, :1, :, :]).transpose(1, 2) + 1),   # a transposed store
+    ((4, 8, 48, 64), lambda a: a.transpose(1, 2) * 0.5 + a.transpose(1, 2).flip(3)),   # strided loads, flipped rows
+    ((33, 72), lambda a: a.pad(((0, 0), (8, 0)))[:, :72] * 2 + a),   # a masked load
+    ((40, 72), lambda a: a[:, 1:65] * 2 + a[:, 5:69]),   # loads that start misaligned
+    ((37, 256), lambda a: (a * 4).cast(dtypes.int32) * 3 + 1),   # a tail of vectors (37 x 256 / 8 not a multiple of 512)
+  ]
+
+
+@needs_compiler
+def test_row_vectors_compile_for_sm90():
+  r = np.random.default_rng(0)
+  vec = 0
+  for shape, fn in _row_cases():
+    for dtype in ("float32", "bfloat16"):
+      for i, k in enumerate(_kernels(fn(Tensor(r.standard_normal(shape).astype(np.float32), dtype=dtype)))):
+        src = cg.render(k, f"k{i}", "sm_90").src
+        vec += "res.v" in src
+        assert rc.compile_cuda(src, "sm_90")[:4] == b"\x7fELF"
+  assert vec >= 10   # most of them take the vector path
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpu_row_vectors(dtype):
+  tol = 1e-6 if dtype == "float32" else 8e-3   # exp2 may differ by an ulp between the CPU and the GPU
+  for i, (shape, fn) in enumerate(_row_cases()):
+    c, g = _both(fn, _r(*shape, seed=i), dtype=dtype)
+    np.testing.assert_allclose(g, c, rtol=tol, atol=tol)
+
+
 @gpu
 def test_gpu_views_and_masks():
   x = _r(33, 65)

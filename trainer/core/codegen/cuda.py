@@ -161,20 +161,23 @@ class _Exprs(_CExprs):
 VEC_TYPE = {16: "uint4", 8: "uint2", 4: "unsigned int", 2: "unsigned short"}
 
 
+UNROLL = 2   # vectors per thread in the vector path, all loaded before any is computed (more bytes in flight)
+
+
 def _vector_plan(k: Kernel, nest: LoopNest):
-  """For a flat (one-axis) elementwise kernel: elements per thread and the loads read as one vector
-  each ({id(load): input index}), when the output and every stride-1 load are unmasked and aligned."""
-  if len(nest.shape) != 1 or nest.out.strides != (1,) or nest.out.mask is not None: return None
-  loads = [u for u in nest.nodes if u.kind == "load"]
-  vl = {id(u): u for u in loads if nest.access[id(u)].strides == (1,)}
-  size = max([k.output.dtype.itemsize] + [u.dtype.itemsize for u in vl.values()])
-  vec = 16 // size
-  if vec < 2 or nest.shape[0] < vec * BLOCK: return None
-  for u in vl.values():
-    acc = nest.access[id(u)]
-    if acc.mask is not None or acc.offset % vec: return None
-  if nest.out.offset % vec: return None
-  return vec, vl
+  """Elements per thread and the loads read as one vector each ({id(load): load}), when the output's last
+  axis is contiguous and unmasked and every vector starts aligned: VEC consecutive elements of that axis per
+  vector (on several axes the last one's extent must divide by VEC; one flat axis may end in a tail).
+  Unmasked loads contiguous along the last axis and aligned like the output are read as vectors; the others
+  (broadcast along it, strided, masked) element by element."""
+  shape, out = nest.shape, nest.out
+  if not shape or out.strides[-1] != 1 or out.mask is not None: return None
+  cand = [u for u in nest.nodes if u.kind == "load" and nest.access[id(u)].strides[-1] == 1 and nest.access[id(u)].mask is None]
+  vec = 16 // max([k.output.dtype.itemsize] + [u.dtype.itemsize for u in cand])
+  if vec < 2 or _prod(shape) < vec * BLOCK or (len(shape) > 1 and shape[-1] % vec): return None
+  aligned = lambda acc: acc.offset % vec == 0 and all(st % vec == 0 for st in acc.strides[:-1])
+  if not aligned(out): return None
+  return vec, {id(u): u for u in cand if aligned(nest.access[id(u)])}
 
 
 def _elementwise(k: Kernel, nest: LoopNest, name: str) -> Rendered:
@@ -184,41 +187,48 @@ def _elementwise(k: Kernel, nest: LoopNest, name: str) -> Rendered:
   total = _prod(nest.shape)
   plan = _vector_plan(k, nest)
   lines = []
+  start, threads = "", total
   if plan is not None:
-    # VEC elements per thread: one 16-byte (or narrower) load per contiguous input, one store
+    # VEC elements per thread and vector: one 16-byte (or narrower) load per contiguous input, one store;
+    # UNROLL vectors per thread, BLOCK apart, whose loads are all issued before the first is computed
     vec, vl = plan
     nv = total // vec
     ost = STORAGE[k.output.dtype]
-    head, seen = [], {}
+    last = names[-1]
+    vshape = nest.shape[:-1] + (nest.shape[-1] // vec,)
+    at_vector = lambda acc: index(acc, names[:-1] + [f"{last}_0"])   # the vector's first element
+    position = [f"const {it} g = g0 + u * {BLOCK};", "if (g < " + str(nv) + ") {", *_unflatten("g", names[:-1] + [f"{last}_v"], vshape, it),
+                f"const {it} {last}_0 = {last}_v * {vec};"]
+    decl, fetch, unpack, seen = [], [], [], {}
     for u in vl.values():
       acc = nest.access[id(u)]
-      key = (u.arg[0], acc.offset)
+      key = (u.arg[0], acc.offset, acc.strides)
       if key not in seen:
         w = f"w{len(seen)}"; seen[key] = w
         vt = VEC_TYPE[vec * u.dtype.itemsize]
-        st = STORAGE[k.inputs[u.arg[0]].dtype]
-        head += [f"const {vt} {w}_v = *(const {vt}*)(in{u.arg[0]} + {acc.offset} + base);",
-                 f"const {st}* {w} = (const {st}*)&{w}_v;"]
+        decl.append(f"{vt} {w}_v[{UNROLL}];")
+        fetch.append(f"{w}_v[u] = *(const {vt}*)(in{u.arg[0]} + {at_vector(acc)});")
+        unpack.append(f"const {STORAGE[k.inputs[u.arg[0]].dtype]}* {w} = (const {STORAGE[k.inputs[u.arg[0]].dtype]}*)&{w}_v[u];")
       ex.override[id(u)] = f"{seen[key]}[j]"
     body, vals = [], {}
     ex.expr_lines(nest.nodes, body, vals)
     ex.override = {}
     ovt = VEC_TYPE[vec * k.output.dtype.itemsize]
-    lines += [f"for ({it} g = ({it})blockIdx.x * {BLOCK} + threadIdx.x; g < {nv}; g += ({it})gridDim.x * {BLOCK}) {{",
-              f"const {it} base = g * {vec};", *head,
+    lines += [f"for ({it} g0 = ({it})blockIdx.x * {BLOCK * UNROLL} + threadIdx.x; g0 < {nv}; g0 += ({it})gridDim.x * {BLOCK * UNROLL}) {{",
+              *decl, "#pragma unroll", f"for (int u = 0; u < {UNROLL}; u++) {{", *position, *fetch, "}", "}",
+              "#pragma unroll", f"for (int u = 0; u < {UNROLL}; u++) {{", *position, *unpack,
               f"union {{ {ovt} v; {ost} e[{vec}]; }} res;",
-              "#pragma unroll", f"for (int j = 0; j < {vec}; j++) {{", f"const {it} {names[0]} = base + j;", *body,
+              "#pragma unroll", f"for (int j = 0; j < {vec}; j++) {{", f"const {it} {last} = {last}_0 + j;", *body,
               f"res.e[j] = {store_expr(k.output.dtype, vals[id(k.ast)])};", "}",
-              f"*({ovt}*)(out + {nest.out.offset} + base) = res.v;", "}"]
-    start, threads = f"{nv * vec} + ", (nv + 0)
-  else:
-    start, threads = "", total
-  body, vals = [], {}
-  ex.expr_lines(nest.nodes, body, vals)
-  out_idx = index(nest.out, names)
-  lines += [f"for ({it} gid = {start}({it})blockIdx.x * {BLOCK} + threadIdx.x; gid < {total}; gid += ({it})gridDim.x * {BLOCK}) {{",
-            *_unflatten("gid", names, nest.shape, it), *body,
-            f"out[{out_idx}] = {store_expr(k.output.dtype, vals[id(k.ast)])};", "}"]
+              f"*({ovt}*)(out + {at_vector(nest.out)}) = res.v;", "}", "}", "}"]
+    start, threads = f"{nv * vec} + ", (nv + UNROLL - 1) // UNROLL
+  if plan is None or nv * vec < total:
+    body, vals = [], {}
+    ex.expr_lines(nest.nodes, body, vals)
+    out_idx = index(nest.out, names)
+    lines += [f"for ({it} gid = {start}({it})blockIdx.x * {BLOCK} + threadIdx.x; gid < {total}; gid += ({it})gridDim.x * {BLOCK}) {{",
+              *_unflatten("gid", names, nest.shape, it), *body,
+              f"out[{out_idx}] = {store_expr(k.output.dtype, vals[id(k.ast)])};", "}"]
   blocks = max(1, min((threads + BLOCK - 1) // BLOCK, 1 << 20))
   src = HEADER + _signature(k, name, BLOCK) + " {\n" + cuda_spelling("\n".join(lines)) + "\n}\n"
   return Rendered(src, (blocks, 1, 1), (BLOCK, 1, 1))
