@@ -52,9 +52,6 @@ def _visible(T, S, causal):
   return np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T) if causal else np.ones((T, S), bool)
 
 
-WAVE = 132   # blocks of one wave: the multiprocessors of an H100 / H200 (one attention block per multiprocessor)
-
-
 class _Attention(CustomKernel):
   def __init__(self, b: int, h: int, hkv: int, t: int, s: int, d: int, causal: bool, scale: float, dtype: DType):
     self.b, self.h, self.hkv, self.t, self.s, self.d = b, h, hkv, t, s, d
@@ -70,13 +67,6 @@ class _Attention(CustomKernel):
     return q.reshape(self.b, self.h, self.t, self.d).astype(np.float64), k.reshape(kv).astype(np.float64), v.reshape(kv).astype(np.float64)
 
   def _mma_t(self) -> str: return "bf16" if self.dtype is dtypes.bfloat16 else "f16"
-
-  @staticmethod
-  def _launch(heads: int, tiles: int, unit: int):
-    """The (heads, tiles) grid and the GROUP define of LaunchOrder: enough heads (a multiple of `unit`, the
-    heads that share k/v) that a group's blocks fill about one wave of an H100 / H200 (WAVE blocks)."""
-    group = min(heads, -(-max(1, -(-WAVE // tiles)) // unit) * unit)
-    return (heads, tiles, 1), f"#define GROUP {group}\n"
 
   def _defines(self) -> str:
     if self.dtype not in (dtypes.bfloat16, dtypes.float16) or self.d not in (64, 128):
@@ -106,10 +96,9 @@ class AttentionForward(_Attention):
 
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
-    grid, group = self._launch(self.b * self.h, (self.t + self.BM - 1) // self.BM, self.h // self.hkv)
-    head = HEADER + self._defines() + group + COMMON
-    if _hopper(arch): return sm90.render_forward(self, fname, grid, head)
-    src = head + f"#define BM {self.BM}\n#define BN {self.BN}\n" + FORWARD.replace("@NAME@", fname)
+    grid = (self.b * self.h, (self.t + self.BM - 1) // self.BM, 1)   # every head's longest rows first: no causal tail
+    if _hopper(arch): return sm90.render_forward(self, fname, grid, HEADER + self._defines() + COMMON)
+    src = HEADER + self._defines() + f"#define BM {self.BM}\n#define BN {self.BN}\n" + COMMON + FORWARD.replace("@NAME@", fname)
     smem = (self.BM + 4 * self.BN) * (self.d + 8) * 2
     return Rendered(src, grid, (256, 1, 1), smem)
 
@@ -139,11 +128,11 @@ class AttentionBackward(_Attention):
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
     zero = self.b * self.h * self.t * self.d * 4   # dQ, accumulated atomically
-    grid, group = self._launch(self.b * self.hkv, (self.s + self.BN - 1) // self.BN, 1)
-    head = HEADER + self._defines() + group + COMMON
-    if _hopper(arch) and self.d == 128: return sm90.render_backward(self, fname, grid, head, zero)
+    grid = (self.b * self.hkv, (self.s + self.BN - 1) // self.BN, 1)   # the first keys (most causal rows) of every head first
+    if _hopper(arch) and self.d == 128:
+      return sm90.render_backward(self, fname, grid, HEADER + self._defines() + COMMON, zero)
     bm, bn, dp = self.BM, self.BN, self.d + 8
-    src = head + f"#define BM {bm}\n#define BN {bn}\n" + BACKWARD.replace("@NAME@", fname)
+    src = HEADER + self._defines() + f"#define BM {bm}\n#define BN {bn}\n" + COMMON + BACKWARD.replace("@NAME@", fname)
     smem = 2 * bn * dp * 2 + 4 * bm * dp * 2 + bn * (bm + 8) * 2 + 4 * bm * 4
     return Rendered(src, grid, (256, 1, 1), smem, zero_output=zero)
 
@@ -264,31 +253,19 @@ template <class Acc> static __device__ __forceinline__ void store_rows(unsigned 
     if (tq == 0) lse[row] = row_lse(lt, mx[hh]);
   }
 }
-// which (head, tile) a block of the (heads, tiles) grid takes: blocks start in order of their linear index, and
-// they walk groups of G heads (GROUP in the kernels), each group's tiles in the order `rank` (0 first): so the blocks running at
-// one time share the inputs of a few heads in L2, and each group's longest causal work starts first
-template <int G> struct LaunchOrder {
-  int head, rank;
-  __device__ LaunchOrder() {
-    const int lin = blockIdx.x + blockIdx.y * gridDim.x, tiles = gridDim.y;
-    const int g0 = lin / (G * tiles) * G, size = min(G, (int)gridDim.x - g0), in_group = lin - g0 * tiles;
-    head = g0 + in_group % size;
-    rank = in_group / size;
-  }
-};
 // the query tiles of ROWS rows that the backward block of keys [n0, n0 + BN) of k/v head hk visits: `iters` of
-// them over the query heads of the group, tile after tile, each for every head (so the blocks of one k/v head
-// move through the queries together); step `it` takes head head(it) from row row0(it) (a causal block skips the
-// tiles that see none of its keys)
+// them over the query heads of the group, tile `it` of head head(it) from row row0(it) (a causal block skips
+// the tiles that see none of its keys)
 template <int ROWS> struct QueryTiles {
-  int first, iters, head_0;
+  int first, per_head, iters, head_0;
   __device__ QueryTiles(int b, int hk, int n0) {
     first = CAUSAL ? max(0, n0 - (S - T)) / ROWS : 0;
-    iters = (H / HKV) * max((T + ROWS - 1) / ROWS - first, 0);
+    per_head = max((T + ROWS - 1) / ROWS - first, 0);
+    iters = (H / HKV) * per_head;
     head_0 = b * H + hk * (H / HKV);
   }
-  __device__ int head(int it) const { return head_0 + it % (H / HKV); }
-  __device__ int row0(int it) const { return (first + it / (H / HKV)) * ROWS; }
+  __device__ int head(int it) const { return head_0 + it / per_head; }
+  __device__ int row0(int it) const { return (first + it % per_head) * ROWS; }
 };
 // p[0] += x, p[1] += y in device memory (one vector atomic from sm_90 on)
 static __device__ __forceinline__ void red_add2(float* p, float x, float y) {
@@ -318,9 +295,8 @@ extern "C" __global__ void __launch_bounds__(NT) @NAME@(unsigned short* __restri
   unsigned short* Ks = Qs + BM * DP;
   unsigned short* Vs = Ks + 2 * BN * DP;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
-  const LaunchOrder<GROUP> at;
-  const int bh = at.head, b = bh / H, h = bh % H, hk = h / (H / HKV);
-  const int m0 = (gridDim.y - 1 - at.rank) * BM;   // the last rows (the longest causal work) first
+  const int bh = blockIdx.x, b = bh / H, h = bh % H, hk = h / (H / HKV);
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;   // the longest causal rows first, over all heads
   const int r0 = warp * 16;
   const unsigned short* qp = q + (long long)bh * T * D;
   const unsigned short* kp = k + ((long long)b * HKV + hk) * S * D;
@@ -428,9 +404,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ d
   float* Ll = (float*)(dSs + BN * SP);               // 2 stages of BM log-sum-exps
   float* Dl = Ll + 2 * BM;                           // 2 stages of BM deltas
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
-  const LaunchOrder<GROUP> at;
-  const int bhk = at.head, b = bhk / HKV, hk = bhk % HKV;
-  const int n0 = at.rank * BN, kr = warp * 16;   // the first keys (the longest causal work) first
+  const int bhk = blockIdx.x, b = bhk / HKV, hk = bhk % HKV;
+  const int n0 = blockIdx.y * BN, kr = warp * 16;
   const long long kvoff = (long long)bhk * S * D;
   unsigned short* dk_out = dk_all + kvoff;
   unsigned short* dv_out = dv_all + kvoff;

@@ -89,9 +89,8 @@ extern "C" __global__ void __launch_bounds__(384, 1) @NAME@(unsigned short* __re
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const unsigned sQ = (sm_addr(smem_raw) + 1023) & ~1023u, sK = sQ + BM * D * 2, sV = sK + ST * BN * D * 2;
   const unsigned bars = sV + ST * BN * D * 2;
-  const LaunchOrder<GROUP> at;
-  const int bh = at.head, b = bh / H, h = bh % H, hk = h / (H / HKV);
-  const int m0 = (gridDim.y - 1 - at.rank) * BM;   // the last rows (the longest causal work) first
+  const int bh = blockIdx.x, b = bh / H, h = bh % H, hk = h / (H / HKV);
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;   // the longest causal rows first, over all heads
   int nblocks = (S + BN - 1) / BN;
   if (CAUSAL) { const int last = m0 + BM - 1 + S - T; nblocks = min(nblocks, last < 0 ? 0 : last / BN + 1); }
   if (threadIdx.x == 0) {
@@ -237,9 +236,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) @NAME@(float* __restrict__ d
   float* Ll = (float*)(smem_raw + (sdS + BN * BM * 2 - sm_addr(smem_raw)));   // 2 stages of BM log-sum-exps
   float* Dl = Ll + 2 * BM;                                                      // 2 stages of BM deltas
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
-  const LaunchOrder<GROUP> at;
-  const int bhk = at.head, b = bhk / HKV, hk = bhk % HKV;
-  const int n0 = at.rank * BN, kr = wg * 64 + warp * 16;   // the first keys first; this warp's first key in the tile
+  const int bhk = blockIdx.x, b = bhk / HKV, hk = bhk % HKV;
+  const int n0 = blockIdx.y * BN, kr = wg * 64 + warp * 16;   // this warp's first key in the tile
   const long long kvoff = (long long)bhk * S * D;
   unsigned short* dk_out = dk_all + kvoff;
   unsigned short* dv_out = dv_all + kvoff;
