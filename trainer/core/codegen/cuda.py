@@ -3,7 +3,10 @@
 The loop nest comes from loops.lower and the expressions from cstyle (the same as the C backend, with
 cstyle.cuda_spelling for the math names), so the two backends compute the same thing (except exp2, which
 runs on the GPU's special-function unit, within 2 ulp of the CPU's polynomial):
-  * elementwise: one thread per output element, a grid-stride loop over the flat output index;
+  * elementwise: a grid-stride loop over the output; where the output's last axis is contiguous, each thread
+    takes 16-byte vectors of it (UNROLL of them, all loaded before any is computed), reading the inputs
+    that are contiguous and aligned along that axis as vectors and the rest element by element; else one
+    thread per output element over the flat index;
   * reductions: 'row' mode, a group of threads (one warp, or a whole block of up to 1024) per output,
     each thread striding over the reduce index, then warp shuffles and shared memory; or 'col' mode
     when the data is contiguous along the outputs (a column sum): 32 neighbouring outputs per block
