@@ -200,7 +200,7 @@ def _elementwise(k: Kernel, nest: LoopNest, name: str) -> Rendered:
     last = names[-1]
     vshape = nest.shape[:-1] + (nest.shape[-1] // vec,)
     at_vector = lambda acc: index(acc, names[:-1] + [f"{last}_0"])   # the vector's first element
-    position = [f"const {it} g = g0 + u * {BLOCK};", "if (g < " + str(nv) + ") {", *_unflatten("g", names[:-1] + [f"{last}_v"], vshape, it),
+    position = [f"const {it} g = g0 + u * {BLOCK};", f"if (g < {nv}) {{", *_unflatten("g", names[:-1] + [f"{last}_v"], vshape, it),
                 f"const {it} {last}_0 = {last}_v * {vec};"]
     decl, fetch, unpack, seen = [], [], [], {}
     for u in vl.values():
@@ -208,10 +208,10 @@ def _elementwise(k: Kernel, nest: LoopNest, name: str) -> Rendered:
       key = (u.arg[0], acc.offset, acc.strides)
       if key not in seen:
         w = f"w{len(seen)}"; seen[key] = w
-        vt = VEC_TYPE[vec * u.dtype.itemsize]
+        vt, st = VEC_TYPE[vec * u.dtype.itemsize], STORAGE[k.inputs[u.arg[0]].dtype]
         decl.append(f"{vt} {w}_v[{UNROLL}];")
         fetch.append(f"{w}_v[u] = *(const {vt}*)(in{u.arg[0]} + {at_vector(acc)});")
-        unpack.append(f"const {STORAGE[k.inputs[u.arg[0]].dtype]}* {w} = (const {STORAGE[k.inputs[u.arg[0]].dtype]}*)&{w}_v[u];")
+        unpack.append(f"const {st}* {w} = (const {st}*)&{w}_v[u];")
       ex.override[id(u)] = f"{seen[key]}[j]"
     body, vals = [], {}
     ex.expr_lines(nest.nodes, body, vals)
