@@ -300,7 +300,9 @@ class Tensor:
     mag = (b * a.abs().log()).exp()
     whole = b.trunc() == b
     out = where(a < 0, where(whole, where(whole & (b.abs().fmod(2) == 1), -mag, mag), math.nan), mag)
-    out = where((b == 0) | (a == 1), 1.0, out)   # x**0 and 1**y are 1, even for NaN
+    # x**0 and 1**y are 1 even where the formula gives NaN (0*log 0, inf*log 1); elsewhere it gives 1 exactly
+    # and the gradient must flow (d/dx x**y at x=1 is y, d/dy x**y at y=0 is log x)
+    out = where(((b == 0) | (a == 1)) & (out != out), 1.0, out)
     if dt.is_float: return out
     return where(b < 0, out, out + where(out < 0, -0.5, 0.5)).trunc().cast(dt)   # integers: exact powers rounded, negative ones truncated
   def maximum(self, y): return F.Maximum.apply(*self._binop(y, "maximum"))
