@@ -8,7 +8,7 @@ all-reduce, or under ZeRO-1 its reduce-scatter and the all-gather of the updated
   optimizer     master weights and moments in param_dtype (split over dp under ZeRO-1)
   gradients     in compute_dtype, or float32 sums when accumulating micro-batches
   activations   what backward keeps per layer, per token (the SAVED_* counts below, read off the buffers
-                the scheduler keeps for this model: see tests/trainer/test_plan.py)
+                the scheduler keeps for this model)
   logits        the output layer's logits and their gradient (vocabulary split over tp)
   collectives   one parameter's gradient as it travels and its reduced result (ZeRO-1: gathered weights)
 and takes the largest of the three moments at which the step peaks: the start of backward (every
@@ -21,17 +21,17 @@ from dataclasses import dataclass
 
 GiB = 2 ** 30
 SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
-# What backward keeps of one Llama layer, per token, counted in tensors of each width (compute dtype unless
-# noted), for the two attention paths. Fused (flash) attention keeps q, k, v, its output and a float32
-# log-sum-exp per head; the composed path keeps the attention probabilities (heads x keys per token).
-#   dim: the layer input, the normed input, the residual, the normed residual and one residual sum the
-#   scheduler materialises, whole on every tensor-parallel device (fused: 4 more, calibrated on an H200,
-#   where the per-layer slope of the measured peak at the 8B width was 180 KB per token against the
-#   148 KB these counts gave: bench/gpu_step.sh memory, bench/RESULTS.md); qdim: q and the attention output;
-#   ffn: gate, up and their product; kv: k and v (qdim, ffn and kv split over tp); one: the norms'
-#   statistics; heads: the softmax statistics and keys: the probabilities (composed attention only).
-SAVED_FUSED = {"dim": 9, "qdim": 2, "ffn": 3, "kv": 2, "one": 4}
-SAVED_COMPOSED = {"dim": 5, "qdim": 2, "ffn": 3, "kv": 2, "one": 4, "heads": 2, "keys": 2}
+# What backward keeps of one Llama layer, per token, counted in tensors of each width (compute dtype), for the
+# two attention paths; read off the buffers alive at the peak of a step on the CPU with each path (the fused one
+# through its numpy references), and for the fused path matching the slope measured on an H200.
+#   dim: the two residual sums and the two normed inputs (whole on every tensor-parallel device); qdim: q after
+#   rotary, the attention output in the heads' layout and in the tokens' (the fused kernel's backward reads the
+#   first, the output projection's weight gradient the second; the composed path keeps only the second); ffn:
+#   gate, up and their product; kv: k after rotary and v (qdim, ffn and kv split over tp); heads: the softmax
+#   statistics and keys: the probabilities (composed attention only).
+SAVED_FUSED = {"dim": 4, "qdim": 3, "ffn": 3, "kv": 2}
+SAVED_COMPOSED = {"dim": 4, "qdim": 2, "ffn": 3, "kv": 2, "heads": 2, "keys": 2}
+STATS_F32 = 4    # float32 per-token statistics of a layer's two norms
 HEAD_SAVED = 3   # dim-wide tensors outside the layers: the embedding's output, the final norm's input and output
 HEADROOM = 0.95   # a plan fits when it needs at most this share of a device: measured peaks came within 5% of it
 # Device memory by the names devices report (GiB that a process can allocate).
@@ -87,8 +87,8 @@ def activation_bytes_per_token(cfg) -> float:
   m, c, tp = cfg.model, SIZE[cfg.train.precision.compute_dtype], cfg.mesh.tp
   hd = m.dim // m.n_heads
   saved = SAVED_FUSED if fused_attention(cfg) else SAVED_COMPOSED
-  width = {"dim": m.dim, "qdim": m.n_heads * hd / tp, "ffn": m.ffn_dim / tp, "kv": m.n_kv_heads * hd / tp, "one": 1}
-  b = sum(saved[k] * width[k] * c for k in width)
+  width = {"dim": m.dim, "qdim": m.n_heads * hd / tp, "ffn": m.ffn_dim / tp, "kv": m.n_kv_heads * hd / tp}
+  b = sum(saved[k] * width[k] * c for k in width) + STATS_F32 * 4
   if fused_attention(cfg): b += m.n_heads / tp * 4                                  # log-sum-exp
   else: b += (saved["heads"] * m.n_heads + saved["keys"] * m.n_heads * cfg.data.seq_len) / tp * c
   return b

@@ -1,8 +1,13 @@
 """The scheduler on random graphs: shared subexpressions, views of computed nodes, reductions with
-epilogues and broadcasting, checked against numpy float64 (forward and gradients)."""
+epilogues and broadcasting, checked against numpy float64 (forward and gradients); what it stores of a
+residual stream and of a widening cast."""
+import gc
 import numpy as np
 import pytest
-from trainer.core import Tensor
+from trainer.core import Tensor, dtypes
+from trainer.core.device import get_runtime
+from trainer.core.schedule import create_schedule, Kernel
+from trainer.nn.layers import RMSNorm, Linear
 from opcheck import fd_grad
 
 N = 5
@@ -75,3 +80,47 @@ def test_reuse_after_realize_and_partial_realize():
   v = w * w.sum()
   w.realize()
   np.testing.assert_allclose(v.numpy(), (np.arange(6).reshape(2, 3) + 1) * 21.0)
+
+
+def _residual_stack_peak(n_layers, T=256, D=128):
+  """Peak bytes above the parameters of forward and backward through h = h + W(norm(h)), n_layers times, in bfloat16."""
+  r = np.random.default_rng(0)
+  x = Tensor(r.standard_normal((T, D)).astype(np.float32), dtype="bfloat16", requires_grad=True)
+  layers = [(RMSNorm(D, dtype=dtypes.bfloat16), Linear(D, D, bias=False, dtype=dtypes.bfloat16)) for _ in range(n_layers)]
+  params = [p for pair in layers for m in pair for p in m.parameters()]
+  Tensor.realize_all(*params)
+  gc.collect()
+  rt = get_runtime("CPU:0")
+  rt.peak_in_use = base = rt.in_use
+  h = x
+  for norm, lin in layers: h = h + lin(norm(h))
+  h.float().square().sum().backward()
+  Tensor.realize_all(x.grad, *[p.grad for p in params])
+  return rt.peak_in_use - base
+
+
+def test_residual_stream_keeps_one_sum_and_one_normed_input_per_layer():
+  """Backward needs of each layer the residual sum (the norm's input), the normed input (the weight's gradient)
+  and the norm's float32 statistics: the sum is stored at its own add, so the matrix product it adds is freed
+  and no float32 copy of the stream is kept (before: the product and every few layers a float32 sum)."""
+  T, D = 256, 128   # 64 KiB a bfloat16 activation: FREED_BYTES
+  _residual_stack_peak(4, T, D)   # a first run may allocate what later ones share (the interpreter: once per kernel)
+  peaks = [_residual_stack_peak(n, T, D) for n in (4, 5, 6)]
+  want = 2 * T * D * 2 + 2 * T * 4
+  assert [b - a for a, b in zip(peaks, peaks[1:])] == [want, want], peaks
+
+
+def test_a_shared_widening_cast_stores_its_narrow_source():
+  """A float32 view of a bfloat16 sum read by several kernels: the sum is stored in bfloat16 (half the bytes),
+  and each reader redoes the exact cast; values are those of the sum rounded to bfloat16."""
+  r = np.random.default_rng(1)
+  xs = [r.standard_normal(40).astype(np.float32) for _ in range(6)]
+  ts = [Tensor(x, dtype="bfloat16") for x in xs]
+  s = ts[0] + ts[1] + ts[2] + ts[3] + ts[4] + ts[5]
+  wide = s.float()
+  a, b = (wide * wide).sum(), (wide * 3).exp()
+  kernels = [k for k in create_schedule([a.lazydata, b.lazydata]) if isinstance(k, Kernel)]
+  assert [k.output.dtype for k in kernels if k.output.shape == (40,) and k.output is not b.lazydata.base] == [dtypes.bfloat16]
+  ref = s.numpy().astype(np.float64)
+  np.testing.assert_allclose(a.numpy(), (ref * ref).sum(), rtol=1e-5)
+  np.testing.assert_allclose(b.numpy(), np.exp(ref * 3), rtol=1e-5)

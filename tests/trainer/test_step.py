@@ -91,6 +91,29 @@ def test_memory_plan_matches_the_measured_peak(tmp_path, over):
   assert 0.9 <= got / plan <= 1.1, (got, plan)
 
 
+def test_memory_plan_counts_what_the_fused_attention_path_keeps(tmp_path, monkeypatch):
+  """The plan's per-layer count for the fused-attention path (the CUDA one), measured on the CPU: bfloat16 compute
+  with the fused kernels' numpy references standing in for the CUDA kernels."""
+  import trainer.plan
+  from trainer.core.kernels import attention
+  monkeypatch.setattr(attention, "covers", lambda q, *a, **kw: q.dtype.name == "bfloat16")   # the model's causal self-attention
+  monkeypatch.setattr(trainer.plan, "fused_attention", lambda cfg: True)
+  peaks, plans = [], []
+  for n in (2, 3):
+    run = make_run(tmp_path, [f"model.n_layers={n}", "train.global_batch_size=4", "train.micro_batch_size=4", "model.dim=128", "model.ffn_dim=384",
+                              "model.n_heads=2", "model.n_kv_heads=1", "data.seq_len=128", "model.max_seq_len=128",
+                              "train.precision.compute_dtype=bfloat16", "train.precision.comm_dtype=bfloat16"], name=f"fused{n}")
+    gc.collect()
+    rt = get_runtime("CPU:0")
+    rt.peak_in_use = rt.in_use
+    run.train(max_steps=1)
+    peaks.append(rt.peak_in_use)
+    plans.append(trainer.plan.plan_memory(run.cfg).peak)
+    del run
+  assert abs((peaks[1] - peaks[0]) / (plans[1] - plans[0]) - 1) < 0.02, (peaks, plans)
+  assert all(abs(p / q - 1) < 0.05 for p, q in zip(peaks, plans)), (peaks, plans)
+
+
 def test_a_step_that_does_not_fit_is_refused_in_one_line(tmp_path):
   from trainer.data.tiny_corpus import build_markov_c4
   build_markov_c4(str(tmp_path / "c4"), vocab=256, seq_len=8192, train_samples=16, validation_samples=1024)

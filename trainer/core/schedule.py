@@ -3,7 +3,10 @@
 A kernel computes one output buffer from an expression tree (a UOp AST) whose leaves are loads of
 realized buffers (each through a View in the kernel's loop space) and constants. The rules:
   * Elementwise ops fuse: a node read at the same index by its consumer is inlined; one that several
-    kernels read is computed once (materialised) when it reads more than SHARED_LEAVES buffers. An
+    kernels read is computed once (materialised) when it reads more than SHARED_LEAVES buffers, or when
+    storing it lets a buffer it reads die (one at least as large, of FREED_BYTES or more, that nothing else
+    reads: the matrix product a residual sum adds); a widening float cast is not stored: its narrower source
+    is, and each reader redoes the exact cast. These decisions are made sources first. An
     inlined node keeps every buffer it reads alive until its last reader runs, so without the bound a
     chain such as the residual stream (or its gradient) summed over many layers would keep every layer's
     terms alive to the end and be recomputed, from all of them, by every reader.
@@ -28,6 +31,7 @@ from .dtypes import dtypes
 
 sys.setrecursionlimit(20000)
 SHARED_LEAVES = 4   # buffers a shared elementwise node may read and still be inlined (the residual stream: a few adds)
+FREED_BYTES = 1 << 16   # a shared node is stored to let a buffer it reads die only when that buffer is at least this large
 
 
 class UOp:
@@ -106,27 +110,40 @@ class _Builder:
   def __init__(self, targets):
     self.targets = {id(t) for t in targets}
     self.items, self.done, self.consumers, self.leaf_memo = [], {}, {}, {}
-    seen = set()
+    self.pending = {}   # id -> node, for the nodes this schedule computes (not realized before it)
     stack = list(targets)
     while stack:
       n = stack.pop().base
-      if id(n) in seen or n.realized: continue
-      seen.add(id(n))
+      if id(n) in self.pending or n.realized: continue
+      self.pending[id(n)] = n
       for s in n.srcs:
         self.consumers[id(s.base)] = self.consumers.get(id(s.base), 0) + 1
         stack.append(s)
+    # which shared elementwise nodes are computed once: decided sources first, so that a node's leaves stop
+    # at the sources already decided (a residual sum stored at its own add is one leaf of the norm after it)
+    self.shared_stored = set()
+    for n in sorted(self.pending.values(), key=lambda n: n.seq):   # a node is made after its sources
+      if n.op in ALU and self.consumers.get(id(n), 0) > 1 and (len(self.leaves(n)) > SHARED_LEAVES or self._frees_a_buffer(n)):
+        self.shared_stored.add(id(n))
 
   def leaves(self, node: LazyBuffer) -> frozenset:
-    """The buffers an elementwise node reads when fused (up to realized or non-elementwise nodes)."""
+    """The buffers an elementwise node reads when fused (up to realized, stored or non-elementwise nodes)."""
     got = self.leaf_memo.get(id(node))
     if got is None:
       got = frozenset()
       for s in node.srcs:
         b = s.base
         if b.op is Op.CONST: continue
-        got |= self.leaves(b) if b.op in ALU and not b.realized and id(b) not in self.done else {id(b)}
+        got |= self.leaves(b) if b.op in ALU and not b.realized and id(b) not in self.shared_stored else {id(b)}
       self.leaf_memo[id(node)] = got
     return got
+
+  def _frees_a_buffer(self, node: LazyBuffer) -> bool:
+    """Whether storing the elementwise node lets a buffer at least as large (and not small) die: one it reads
+    that this schedule makes and nothing else reads (a residual stream's matmul term)."""
+    need = max(node.size * node.dtype.itemsize, FREED_BYTES)
+    return any(l in self.pending and self.consumers.get(l, 0) == 1 and self.pending[l].size * self.pending[l].dtype.itemsize >= need
+               for l in self.leaves(node))
 
   def schedule(self, node: LazyBuffer):
     """Make `node` (a base) a kernel output; schedule what it needs first."""
@@ -188,9 +205,8 @@ class _KernelBuilder:
     identity = view.contiguous and view.shape == base.shape
     if base.op in ALU:
       if not identity and in_reduce and any(st == 0 and s > 1 for s, st in zip(view.shape, view.strides)):
-        return self.materialised(base, view)
-      if self.s.consumers.get(id(base), 0) > 1 and len(self.s.leaves(base)) > SHARED_LEAVES:
-        return self.materialised(base, view)
+        return self.stored(base, view)
+      if id(base) in self.s.shared_stored: return self.stored(base, view)
       return self.fuse(base, view, single, in_reduce) or self.materialised(base, view)
     unit_reshape = view.contiguous and [d for d in view.shape if d != 1] == [d for d in base.shape if d != 1]
     if base.op is Op.REDUCE and unit_reshape and single and not in_reduce and self.reduce_shape is None \
@@ -201,6 +217,15 @@ class _KernelBuilder:
   def materialised(self, base, view) -> UOp:
     self.s.schedule(base)
     return self.load(base, view)
+
+  def stored(self, base, view) -> UOp:
+    """An elementwise node that must be computed once: stored, except that a widening float cast (bfloat16 to
+    float32: exact, and free to redo) stores its narrower source and is redone by each reader."""
+    src = base.srcs[0] if base.op is Op.CAST else None
+    if src is not None and src.dtype.is_float and base.dtype.is_float and base.dtype.itemsize > src.dtype.itemsize:
+      v = src.view if view.contiguous and view.shape == base.shape else view.compose(src.view)
+      if v is not None: return UOp(Op.CAST, base.dtype, base.arg, [self.stored(src.base, v) if src.base.op in ALU else self.materialised(src.base, v)])
+    return self.materialised(base, view)
 
   def fuse(self, base: LazyBuffer, view: View, single: bool, in_reduce: bool) -> UOp | None:
     identity = view.contiguous and view.shape == base.shape
