@@ -158,6 +158,8 @@ class FlashAttention(Function):
   def forward(self, q: LazyBuffer, k: LazyBuffer, v: LazyBuffer, causal: bool, scale: float):
     b, h, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
+    # the kernels read contiguous heads: made once here and kept for backward (not a second copy there)
+    q, k, v = (x if x.view.contiguous else x.contiguous() for x in (q, k, v))
     self.q, self.k, self.v, self.dtype = q, k, v, q.dtype
     self.args = (b, h, hkv, t, s, d, causal, scale, q.dtype)
     self.out, self.lse = LazyBuffer.custom(AttentionForward(*self.args), [q, k, v], [((b, h, t, d), q.dtype), ((b, h, t), dtypes.float32)])
@@ -166,6 +168,7 @@ class FlashAttention(Function):
   def backward(self, g: LazyBuffer):
     b, h, hkv, t, s, d = self.args[:6]
     g = g.cast(self.dtype)
+    if not g.view.contiguous: g = g.contiguous()   # one copy for both kernels that read it
     [delta] = LazyBuffer.custom(AttentionDelta(*self.args), [g, self.out], [((b, h, t), dtypes.float32)])
     kv = ((b, hkv, s, d), self.dtype)
     dq32, dk, dv = LazyBuffer.custom(AttentionBackward(*self.args), [self.q, self.k, self.v, g, self.lse, delta],
