@@ -127,14 +127,15 @@ class _Builder:
         self.shared_stored.add(id(n))
 
   def leaves(self, node: LazyBuffer) -> frozenset:
-    """The buffers an elementwise node reads when fused (up to realized, stored or non-elementwise nodes)."""
+    """The buffers an elementwise node reads when fused (up to realized, stored, target or non-elementwise nodes)."""
     got = self.leaf_memo.get(id(node))
     if got is None:
       got = frozenset()
       for s in node.srcs:
         b = s.base
         if b.op is Op.CONST: continue
-        got |= self.leaves(b) if b.op in ALU and not b.realized and id(b) not in self.shared_stored else {id(b)}
+        inlined = b.op in ALU and not b.realized and id(b) not in self.shared_stored and id(b) not in self.targets
+        got |= self.leaves(b) if inlined else {id(b)}
       self.leaf_memo[id(node)] = got
     return got
 
@@ -142,8 +143,8 @@ class _Builder:
     """Whether storing the elementwise node lets a buffer at least as large (and not small) die: one it reads
     that this schedule makes and nothing else reads (a residual stream's matmul term)."""
     need = max(node.size * node.dtype.itemsize, FREED_BYTES)
-    return any(l in self.pending and self.consumers.get(l, 0) == 1 and self.pending[l].size * self.pending[l].dtype.itemsize >= need
-               for l in self.leaves(node))
+    return any(l in self.pending and l not in self.targets and self.consumers.get(l, 0) == 1
+               and self.pending[l].size * self.pending[l].dtype.itemsize >= need for l in self.leaves(node))
 
   def schedule(self, node: LazyBuffer):
     """Make `node` (a base) a kernel output; schedule what it needs first."""
