@@ -22,8 +22,9 @@ from dataclasses import dataclass
 GiB = 2 ** 30
 SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 # What backward keeps of one Llama layer, per token, counted in tensors of each width (compute dtype), for the
-# two attention paths; read off the buffers alive at the peak of a step on the CPU with each path (the fused one
-# through its numpy references), and for the fused path matching the slope measured on an H200.
+# two attention paths: the buffers alive at the peak of the step on the CPU (bench/activation_census.py; the fused
+# path through its numpy references). Before commit 9b841a6 the census gave what an H200's measured slope gave;
+# these counts, for the scheduler since then, have not been measured on a GPU yet.
 #   dim: the two residual sums and the two normed inputs (whole on every tensor-parallel device); qdim: q after
 #   rotary, the attention output in the heads' layout and in the tokens' (the fused kernel's backward reads the
 #   first, the output projection's weight gradient the second; the composed path keeps only the second); ffn:
