@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from trainer.config import load_config
 from trainer.core import device
 from trainer.core.kernels import attention
+from trainer.loop import Run
 import trainer.plan
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -43,7 +44,6 @@ class PeakWatch:
 
 
 def census(layers: int, extra: list[str], watch: PeakWatch):
-  from trainer.loop import Run
   cfg = load_config(os.path.join(ROOT, "recipes/llama_tiny.yaml"), SHAPE + [f"model.n_layers={layers}", f"checkpoint.dir={tempfile.mkdtemp()}",
                                                                           "checkpoint.every_steps=1000000000"] + extra)
   run = Run(cfg, os.path.join(tempfile.mkdtemp(), "log"), None, progress=False)

@@ -142,9 +142,10 @@ class _Builder:
   def _frees_a_buffer(self, node: LazyBuffer) -> bool:
     """Whether storing the elementwise node lets a buffer at least as large (and not small) die: one it reads
     that this schedule makes and nothing else reads (a residual stream's matmul term)."""
-    need = max(node.size * node.dtype.itemsize, FREED_BYTES)
-    return any(l in self.pending and l not in self.targets and self.consumers.get(l, 0) == 1
-               and self.pending[l].size * self.pending[l].dtype.itemsize >= need for l in self.leaves(node))
+    nbytes = lambda n: n.size * n.dtype.itemsize
+    need = max(nbytes(node), FREED_BYTES)
+    return any(l in self.pending and l not in self.targets and self.consumers.get(l, 0) == 1 and nbytes(self.pending[l]) >= need
+               for l in self.leaves(node))
 
   def schedule(self, node: LazyBuffer):
     """Make `node` (a base) a kernel output; schedule what it needs first."""
