@@ -14,7 +14,8 @@ Rules for a jitted function: its tensor arguments keep their shapes, dtypes and 
 call and are only read; state it changes (weights, optimizer moments) is updated with `assign`, so the
 same buffers are rewritten each step (every assign made during the call runs before the call returns);
 it returns tensors (or a tuple/list/dict of them) whose buffers are reused by the next call, so copy a
-result out (`.numpy()`) before calling again if you need to keep it.
+result out (`.numpy()`) before calling again if you need to keep it. Values the host computes for each call (an
+optimizer's step number) are written by a function given to `each_call`, which a replay calls first.
 """
 from __future__ import annotations
 import bisect, functools, os, weakref
@@ -59,12 +60,13 @@ class JitFunction:
       R.capturing = rec = _Recorder()
       try: self.out = self._run(args, kwargs)
       finally: R.capturing = None
-      self.kernel_count = len(rec.table)
+      self.kernel_count, self.host_steps = len(rec.table), rec.host_steps
       self._plan(rec, [t.lazydata.buffer for t in ins])
       return self.out
     if sig != self.signature:
       raise ValueError(f"jit: inputs changed from {self.signature} to {sig}; a jitted function needs the same shapes, dtypes and devices each call")
     for priv, t in zip(self.private, ins): priv.copy_from_peer(t.lazydata.buffer)
+    for h in self.host_steps: h()
     for f in self.replay: f()
     return self.out
 
@@ -86,7 +88,7 @@ class JitFunction:
 class _Recorder:
   """Receives the launches of the recorded call (realize.capturing). It holds buffers weakly, so that
   intermediates are freed during the recording as in any call; what is still alive afterwards is state."""
-  def __init__(self): self.table, self.meta, self.refs = [], {}, {}
+  def __init__(self): self.table, self.meta, self.refs, self.host_steps = [], {}, {}, []
 
   def append(self, entry):
     if entry[0] == "copy": prog, bufs = ("copy", entry[1].nbytes), [entry[1], entry[2]]
@@ -170,6 +172,16 @@ def _batch(calls) -> list:
     else: out.append(prog.bind(*[b.handle for b in bufs]))
   flush()
   return out
+
+
+def each_call(fn):
+  """Run fn now and, if a jitted function is being recorded, again before each of its replays: for values a step
+  reads that the host computes per call (an optimizer's step number and bias corrections, in double precision).
+  fn writes them into realized tensors; it runs outside the recording, so none of its work is replayed."""
+  rec, R.capturing = R.capturing, None
+  try: fn()
+  finally: R.capturing = rec
+  if rec is not None: rec.host_steps.append(fn)
 
 
 def jit(fn) -> JitFunction:

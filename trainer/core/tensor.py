@@ -260,6 +260,9 @@ class Tensor:
     """Python's and torch's // and % (rounding toward minus infinity) from the C-style primitives: the
     truncated quotient and remainder, stepped by one divisor where the remainder's sign differs from b's."""
     a, b = self._binop(y, "floor_divide" if want == "div" else "remainder", reverse)
+    if want == "mod" and a.dtype.is_float and (a.requires_grad or b.requires_grad):
+      return _Remainder.apply(a, b, a.detach()._floor_div_mod(b.detach(), want="mod"), a.detach()._floor_div_mod(b.detach()))
+    a, b = a.detach(), b.detach()   # the quotient carries no gradient (the remainder's is _Remainder's)
     r = Tensor(a.lazydata.alu(Op.MOD, b.lazydata))
     step = (r != 0) & ((r < 0) ^ (b < 0))
     if want == "mod": return where(step, r + b, r)
@@ -284,7 +287,10 @@ class Tensor:
   def remainder(self, other): return self._floor_div_mod(other, want="mod")
   def fmod(self, other):
     """The remainder with the sign of self (C's %, torch.fmod); `%` is the floored remainder."""
-    return self._alu(other, Op.MOD, "fmod")
+    a, b = self._binop(other, "fmod")
+    r = Tensor(a.lazydata.alu(Op.MOD, b.lazydata))
+    if not (a.dtype.is_float and (a.requires_grad or b.requires_grad)): return r
+    return _Remainder.apply(a, b, r, a.detach().div(b.detach(), rounding_mode="trunc"))
   def pow(self, exponent): return self._pow(exponent)
   def _pow(self, y, reverse=False):
     if not reverse and isinstance(y, (int, float)) and not isinstance(y, bool):
@@ -294,17 +300,9 @@ class Tensor:
       if y == -1: return self.reciprocal()
       if isinstance(y, int) and y == 3: return self * self * self
     a, b = self._binop(y, "pow", reverse)
-    dt = a.dtype
-    if not dt.is_float: a, b = a.cast(dtypes.float32), b.cast(dtypes.float32)
-    # a**b = exp(b*log|a|); a negative base takes the sign of an odd integer exponent, and NaN for a fractional one
-    mag = (b * a.abs().log()).exp()
-    whole = b.trunc() == b
-    out = where(a < 0, where(whole, where(whole & (b.abs().fmod(2) == 1), -mag, mag), math.nan), mag)
-    # x**0 and 1**y are 1 even where the formula gives NaN (0*log 0, inf*log 1); elsewhere it gives 1 exactly
-    # and the gradient must flow (d/dx x**y at x=1 is y, d/dy x**y at y=0 is log x)
-    out = where(((b == 0) | (a == 1)) & (out != out), 1.0, out)
-    if dt.is_float: return out
-    return where(b < 0, out, out + where(out < 0, -0.5, 0.5)).trunc().cast(dt)   # integers: exact powers rounded, negative ones truncated
+    if a.dtype.is_float: return _Pow.apply(a, b) if a.requires_grad or b.requires_grad else _pow_value(a, b)
+    out = _pow_value(a.cast(dtypes.float32), b.cast(dtypes.float32))
+    return where(b < 0, out, out + where(out < 0, -0.5, 0.5)).trunc().cast(a.dtype)   # integers: exact powers rounded, negative ones truncated
   def maximum(self, y): return F.Maximum.apply(*self._binop(y, "maximum"))
   def minimum(self, y):
     a, b = self._binop(y, "minimum")
@@ -406,12 +404,14 @@ class Tensor:
   def sign(self): return (self > 0).cast(self.dtype) - (self < 0).cast(self.dtype)
   def square(self): return self * self
   def clamp(self, min=None, max=None):
-    """torch.clamp: values below min become min, above max become max (max wins where min > max); the
-    gradient is 1 inside [min, max], bounds included, and 0 outside."""
+    """torch.clamp: values below min become min, above max become max (max wins where min > max). The gradient,
+    as torch 2.14's derivatives.yaml: a scalar bound passes none at the bound itself (self gets it where
+    min < x < max); tensor bounds keep the closed interval (self where min <= x <= max, min where x < min,
+    max where x > max or max < min)."""
     if min is None and max is None: raise TensorError("clamp: at least one of min and max must not be None")
     x = self
-    if min is not None: x = where(x < min, min, x)
-    if max is not None: x = where(x > max, max, x)
+    if min is not None: x = where(x <= min if not isinstance(min, Tensor) else x < min, min, x)
+    if max is not None: x = where(x >= max if not isinstance(max, Tensor) else x > max, max, x)
     return x
   clip = clamp
 
@@ -475,6 +475,7 @@ class Tensor:
   def logsumexp(self, dim=None, keepdim=False, *, axis=None):
     dim = _dim(dim, axis)
     m = self.amax(dim, keepdim=True).detach()
+    m = where(m.abs() == math.inf, 0.0, m)   # as torch: an infinite maximum is not subtracted (rows of -inf give -inf, +inf gives +inf)
     out = (self - m).exp().sum(dim, keepdim=True).log() + m
     return out if keepdim else out.reshape(tuple(s for i, s in enumerate(self.shape) if i not in self._axes(dim)))
   def any(self, dim=None, keepdim=False, *, axis=None): return self.bool().cast(dtypes.int32).amax(_dim(dim, axis), keepdim).bool()
@@ -764,6 +765,38 @@ def where(condition: Tensor, x, y) -> Tensor:
   else: y, x = y._binop(x, "where")
   shape = broadcast_shape(c.shape, x.shape, op="where")
   return F.Where.apply(c.expand_to(shape), x.expand_to(shape), y.expand_to(shape))
+
+
+def _pow_value(a: Tensor, b: Tensor) -> Tensor:
+  """a ** b for float tensors of one shape, without a gradient of its own: exp(b log|a|); a negative base takes the sign
+  of an odd integer exponent and gives NaN for a fractional one; x**0 and 1**y are 1 even where the formula gives
+  NaN (0 log 0, inf log 1)."""
+  mag = (b * a.abs().log()).exp()
+  whole = b.trunc() == b
+  out = where(a < 0, where(whole, where(whole & (b.abs().fmod(2) == 1), -mag, mag), math.nan), mag)
+  return where(((b == 0) | (a == 1)) & (out != out), 1.0, out)
+
+
+class _Pow(F.Function):
+  """a ** b (floats) with torch's gradients (FunctionsManual.cpp pow_backward_self and pow_backward_exponent):
+  the base's is 0 where b == 0, else b a**(b-1); the exponent's is 0 where a == 0 and b >= 0, else a**b log a.
+  So a zero base gives finite gradients where the calculus would give 0 * inf (0**2, 0**1, 0**0)."""
+  def forward(self, a, b):
+    self.a, self.b = Tensor(a), Tensor(b)
+    self.out = _pow_value(self.a, self.b)
+    return self.out.lazydata
+  def backward(self, g):
+    a, b, g = self.a, self.b, Tensor(g)
+    da = where(b == 0, 0.0, g * b * _pow_value(a, b - 1)).lazydata if self.needs_input_grad[0] else None
+    db = (g * where((a == 0) & (b >= 0), 0.0, self.out * a.log())).lazydata if self.needs_input_grad[1] else None
+    return da, db
+
+
+class _Remainder(F.Function):
+  """a - q b for a whole quotient q (floored for %, truncated for fmod), its value r and q computed exactly by the
+  caller, with torch's gradients (derivatives.yaml, remainder and fmod): 1 for a, -q for b."""
+  def forward(self, a, b, r, q): self.q = q; return r
+  def backward(self, g): return g, g.alu(Op.MUL, self.q.alu(Op.NEG)), None, None
 
 
 @contextmanager

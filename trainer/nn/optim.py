@@ -3,7 +3,10 @@
 Every update is written with `assign` and realized at the end of `step()`, so a jitted training step
 records the update kernels and replays them. The learning rate is a device tensor (`opt.lr`, shape
 (1,), float32): set it from Python each step with `opt.set_lr(v)` and a replayed step reads it.
-Hyperparameters other than the LR (betas, weight decay, momentum) are constants baked into kernels.
+The step number is counted on the host and written to `opt.step_count` at each step (core.jit.each_call, so a
+replayed step counts too); AdamW's bias corrections are computed from it in double precision on the host, as
+torch's are (python floats), and written with it. Other hyperparameters (betas, weight decay, momentum) are
+constants baked into kernels.
 
 Mixed precision: `master_dtype` (default float32) is the type of the optimizer's state. A parameter of
 a narrower type (e.g. bfloat16 weights that the matmuls read) gets a master copy in `master_dtype` held
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 import numpy as np
 from ..core import Tensor, dtypes, no_grad
+from ..core.jit import each_call
 from ..core.kernels.adamw import adamw_update, renders_on
 from .module import materialize
 
@@ -71,6 +75,7 @@ class Optimizer:
     dev = self.params[0].device
     self.lr = materialize(Tensor(np.array([lr], np.float32), device=dev), requires_grad=False)
     self.step_count = materialize(Tensor(np.zeros(1, np.float32), device=dev), requires_grad=False)
+    self.host_lr, self.host_step = float(lr), 0   # the host's copies (double precision) of lr and step_count
     self.state_dtype = dtypes.get(master_dtype)
     self.master = [materialize(p.cast(self.state_dtype), requires_grad=False) if p.dtype.itemsize < self.state_dtype.itemsize else None for p in self.params]
     self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
@@ -80,7 +85,13 @@ class Optimizer:
 
   def set_lr(self, lr: float):
     """Write a new learning rate into the device tensor `self.lr` (read by the next step, jitted or not)."""
-    self.lr.assign(Tensor(np.array([lr], np.float32), device=self.lr.device)).realize()
+    self.host_lr = float(lr)
+    _write(self.lr, [lr])
+
+  def _count_step(self):
+    """The host's part of a step (each_call: before every replay too): count it and write what it reads."""
+    self.host_step += 1
+    _write(self.step_count, [self.host_step])
 
   def zero_grad(self):
     for p in self.params: p.grad = None
@@ -92,9 +103,9 @@ class Optimizer:
   def step(self, grad_scale: Tensor | None = None):
     """Apply one update to every parameter that has a gradient, then realize params and state.
     grad_scale: a one-element float32 tensor every gradient is multiplied by (global-norm clipping's coefficient)."""
+    each_call(self._count_step)
     with no_grad():
-      self.step_count.assign(self.step_count + 1)
-      out = [self.step_count]
+      out = []
       for i, p in enumerate(self.params):
         if p.grad is None: continue
         out += self._apply(i, p, p.grad.detach(), grad_scale)
@@ -136,9 +147,16 @@ class Optimizer:
       if k in sd:
         arr, _ = _np_of(sd[k])
         t.assign(Tensor(np.ascontiguousarray(arr, dtype=np.float32).reshape(t.shape), device=t.device, dtype=t.dtype)).realize()
+    if "lr" in sd: self.host_lr = float(self.lr.numpy()[0])
+    if "step" in sd: self.host_step = int(self.step_count.numpy()[0])
     return self
 
   def _init_state(self, i, p): pass
+
+
+def _write(t: Tensor, values):
+  """Write host values into the realized float32 device tensor t."""
+  t.assign(Tensor(np.array(values, np.float32), device=t.device)).realize()
 
 
 class SGD(Optimizer):
@@ -163,8 +181,10 @@ class SGD(Optimizer):
 
 class AdamW(Optimizer):
   """torch.optim.AdamW: w *= 1 - lr*wd; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
-  w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). `no_decay(name, tensor)` picks parameters
-  without weight decay (default: none excluded, as MLPerf's llama31_8b reference)."""
+  w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). The step's scalars 1 - lr*wd, lr/(1-b1^t) and
+  1/sqrt(1-b2^t) are computed in double on the host each step and written to `self.scalars` (torch computes them
+  as python floats; float32 on the device would be off by 2e-5 of the update at b2 = 0.999).
+  `no_decay(name, tensor)` picks parameters without weight decay (default: none excluded)."""
   def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
                no_decay=None, master_dtype="float32", fused: bool | None = None):
     super().__init__(params, lr, master_dtype)
@@ -172,7 +192,13 @@ class AdamW(Optimizer):
     self.eps, self.weight_decay = eps, weight_decay
     self.decay = [not (no_decay and no_decay(n, p)) for n, p in self.named]
     self.fused = fused
+    self.scalars = materialize(Tensor(np.ones(3, np.float32), device=self.params[0].device), requires_grad=False)
     for i, p in enumerate(self.params): self._init_state(i, p)
+
+  def _count_step(self):
+    super()._count_step()
+    t, lr = self.host_step, self.host_lr
+    _write(self.scalars, [1 - lr * self.weight_decay, lr / (1 - self.b1 ** t), 1 / math.sqrt(1 - self.b2 ** t)])
 
   def _apply(self, i, p, grad, scale):
     """fused (None: where the device renders it): the whole update of a float32-state parameter as one
@@ -180,9 +206,9 @@ class AdamW(Optimizer):
     fused = self.fused if self.fused is not None else renders_on(p.device)
     if not fused or self.state_dtype is not dtypes.float32 or not grad.dtype.is_float: return super()._apply(i, p, grad, scale)
     m = self.master[i]
-    hyper = (self.b1, self.b2, self.eps, self.weight_decay if self.decay[i] else 0.0)
+    hyper = (self.b1, self.b2, self.eps, bool(self.weight_decay and self.decay[i]))
     return adamw_update(m if m is not None else p, self.state[i]["exp_avg"], self.state[i]["exp_avg_sq"], grad,
-                        self.lr, self.step_count, hyper, scale, p if m is not None else None)
+                        self.scalars, hyper, scale, p if m is not None else None)
 
   def _init_state(self, i, p):
     if "exp_avg" not in self.state[i]:
@@ -190,14 +216,12 @@ class AdamW(Optimizer):
 
   def _update(self, i, w, g):
     m, v = self.state[i]["exp_avg"], self.state[i]["exp_avg_sq"]
-    t = self.step_count   # already incremented for this step
-    if self.weight_decay and self.decay[i]: w = w * (1 - self.lr * self.weight_decay)
+    decay, step_size, inv_bc2 = (self.scalars[k] for k in range(3))
+    if self.weight_decay and self.decay[i]: w = w * decay
     m.assign(m * self.b1 + g * (1 - self.b1))
     v.assign(v * self.b2 + g * g * (1 - self.b2))
-    bc1 = 1 - (t * math.log(self.b1)).exp()
-    bc2 = 1 - (t * math.log(self.b2)).exp()
-    denom = v.sqrt() / bc2.sqrt() + self.eps
-    return w - (self.lr / bc1) * m / denom
+    denom = v.sqrt() * inv_bc2 + self.eps
+    return w - step_size * m / denom
 
 
 class LARS(Optimizer):

@@ -8,11 +8,12 @@ primitive-op formulation in nn.optim.AdamW computes, operation for operation in 
 contraction, a / b as a * (1 / b), e^x as 2^(x log2 e)), so the two paths agree to rounding of the
 exponential (see tests/nn/test_optim.py).
 
-  adamw_update(w, m, v, g, lr, step, hyper, scale=None, param=None)
+  adamw_update(w, m, v, g, scalars, hyper, scale=None, param=None)
     w, m, v: float32 master weight and moments (realized, updated in place); g: the gradient (any float type)
     times `scale` (a one-element float32 tensor, e.g. global-norm clipping's coefficient) if given;
-    lr, step: one-element float32 tensors (step already counts this update); param: the parameter of a
-    narrower type that receives the new weight rounded to its type.
+    scalars: the step's float32 (1 - lr*wd, lr/(1-b1^t), 1/sqrt(1-b2^t)), computed by the host in double;
+    hyper: (b1, b2, eps, decay?); param: the parameter of a narrower type that receives the new weight rounded
+    to its type.
 
 Rendered for the CPU (C) and CUDA; elsewhere the optimizer keeps the primitive-op formulation.
 """
@@ -37,8 +38,8 @@ def _f32(x: float) -> str:
 
 class AdamWStep(CustomKernel):
   """n elements; g_dtype: the gradient's type; p_dtype: the narrower parameter's type (None: w is the parameter);
-  hyper: (beta1, beta2, eps, weight decay or 0); scaled: a gradient scale is the last input.
-  Inputs w, m, v, g, lr, step[, scale]; outputs w, m, v[, param] (written into the inputs' buffers)."""
+  hyper: (beta1, beta2, eps, decay?); scaled: a gradient scale is the last input.
+  Inputs w, m, v, g, scalars[, scale]; outputs w, m, v[, param] (written into the inputs' buffers)."""
   name = "adamw_step"
 
   def __init__(self, n: int, g_dtype: DType, p_dtype: DType | None, hyper: tuple, scaled: bool):
@@ -46,33 +47,26 @@ class AdamWStep(CustomKernel):
 
   def key(self): return (self.n, self.g_dtype.name, self.p_dtype and self.p_dtype.name, self.hyper, self.scaled)
 
-  def reference(self, w, m, v, g, lr, step, *scale):
+  def reference(self, w, m, v, g, scalars, *scale):
     f = np.float32
-    b1, b2, eps, wd = self.hyper
+    b1, b2, eps, decay = self.hyper
     w, m, v, g = (np.asarray(a, np.float32) for a in (w, m, v, g))
-    lr, t = f(lr.reshape(-1)[0]), f(step.reshape(-1)[0])
+    factor, step_size, inv_bc2 = (f(x) for x in scalars.reshape(-1)[:3])
     if scale: g = g * f(scale[0].reshape(-1)[0])
-    recip = lambda x: f(1) / x
-    exp = lambda x: np.exp2(x * f(1 / math.log(2)))
-    if wd: w = w * (f(1) - lr * f(wd))
+    if decay: w = w * factor
     m = m * f(b1) + g * f(1 - b1)
     v = v * f(b2) + g * g * f(1 - b2)
-    bc1 = f(1) - exp(t * f(math.log(b1)))
-    bc2 = f(1) - exp(t * f(math.log(b2)))
-    denom = np.sqrt(v) * recip(np.sqrt(bc2)) + f(eps)
-    w = w - lr * recip(bc1) * m * recip(denom)
+    denom = np.sqrt(v) * inv_bc2 + f(eps)
+    w = w - step_size * m * (f(1) / denom)
     out = (w, m, v)
     return out + (w,) if self.p_dtype is not None else out   # the cast to the parameter's type is the store's
 
   def _body(self) -> str:
-    """C shared by both renderings: the step's scalars (from `lr` and `t`) and `upd(w, m, v, g)`, which updates
-    the float lvalues w, m, v of one element from its float gradient g."""
-    b1, b2, eps, wd = self.hyper
-    decay = f"w = w * (1.0f - lr * {_f32(wd)}); " if wd else ""
+    """C shared by both renderings: `upd(w, m, v, g)`, which updates the float lvalues w, m, v of one element from
+    its float gradient g with the step's scalars."""
+    b1, b2, eps, decay = self.hyper
+    decay = "w = w * factor; " if decay else ""
     return f"""
-  const float bc1 = 1.0f - k_exp2((t * {_f32(math.log(b1))}) * {_f32(1 / math.log(2))});
-  const float bc2 = 1.0f - k_exp2((t * {_f32(math.log(b2))}) * {_f32(1 / math.log(2))});
-  const float step_size = lr * k_recip(bc1), inv_bc2 = k_recip(sqrtf(bc2));
   #define upd(w, m, v, g) do {{ \\
     {decay}m = m * {_f32(b1)} + (g) * {_f32(1 - b1)}; v = v * {_f32(b2)} + (g) * (g) * {_f32(1 - b2)}; \\
     w = w - step_size * m * k_recip(sqrtf(v) * inv_bc2 + {_f32(eps)}); \\
@@ -106,10 +100,10 @@ class AdamWStep(CustomKernel):
     # outputs alias inputs (w, m, v are updated in place), so no pointer is restrict
     outs = ["float* wo", "float* mo", "float* vo"] + ([f"{STORAGE[self.p_dtype]}* p"] if self.p_dtype is not None else [])
     ins = ["const float* wi", "const float* mi", "const float* vi", f"const {STORAGE[self.g_dtype]}* gi",
-           "const float* lrp", "const float* tp"] + (["const float* scp"] if self.scaled else [])
+           "const float* sp"] + (["const float* scp"] if self.scaled else [])
     return ", ".join(outs + ins)
 
-  def _scalars(self) -> str: return f"const float lr = lrp[0], t = tp[0]{', sc = scp[0]' if self.scaled else ''};"
+  def _scalars(self) -> str: return f"const float factor = sp[0], step_size = sp[1], inv_bc2 = sp[2]{', sc = scp[0]' if self.scaled else ''};"
 
   def render_c(self, fname: str) -> str:
     from ..codegen.cpu import HEADER
@@ -139,10 +133,10 @@ extern "C" __global__ void __launch_bounds__({threads}) {fname}({self._args()}) 
     return Rendered(src, (blocks, 1, 1), (threads, 1, 1), fmad=False)
 
 
-def adamw_update(w, m, v, g, lr, step, hyper: tuple, scale=None, param=None) -> list:
+def adamw_update(w, m, v, g, scalars, hyper: tuple, scale=None, param=None) -> list:
   """One AdamW step of a parameter in one kernel (module docstring); returns the tensors it updates."""
   kern = AdamWStep(math.prod(w.shape), g.dtype, param.dtype if param is not None else None, hyper, scale is not None)
-  srcs = [t.lazydata for t in (w, m, v, g, lr, step)] + ([scale.lazydata.cast(dtypes.float32)] if scale is not None else [])
+  srcs = [t.lazydata for t in (w, m, v, g, scalars)] + ([scale.lazydata.cast(dtypes.float32)] if scale is not None else [])
   targets = [w, m, v] + ([param] if param is not None else [])
   outs = LazyBuffer.custom(kern, srcs, [(t.shape, t.dtype) for t in targets], into=[t.lazydata for t in targets])
   for t, o in zip(targets, outs): t.lazydata = o
