@@ -37,9 +37,19 @@ def build_replica(cfg, devices: list[str]):
   return recompute_blocks(model, cfg.train.recompute == "layer")
 
 
-def build_optimizer(cfg, params):
+def no_decay_names(cfg, model) -> set[str]:
+  """The parameters of `model` that get no weight decay: with optimizer.no_weight_decay bias_and_1d, biases and every 1-D
+  parameter (norm weights), as Megatron-core's default parameter groups (megatron/core/optimizer/__init__.py
+  _get_param_groups: no_wd = name.endswith('.bias') or len(param.shape) == 1)."""
+  if cfg.optimizer.no_weight_decay == "none": return set()
+  return {n for n, p in model.named_parameters() if n.endswith(".bias") or len(p.shape) == 1}
+
+
+def build_optimizer(cfg, params, no_decay: set[str] = frozenset()):
+  """The recipe's optimizer over `params`, (name, tensor) pairs; names in `no_decay` get no weight decay (AdamW)."""
   o, master = cfg.optimizer, cfg.train.precision.param_dtype
-  if o.name == "adamw": return AdamW(params, o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, master_dtype=master)
+  if o.name == "adamw": return AdamW(params, o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, master_dtype=master,
+                                     no_decay=lambda n, p: n in no_decay)
   if o.name == "sgd": return SGD(params, o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov, master_dtype=master)
   return LARS(params, o.lr, momentum=o.momentum, weight_decay=o.weight_decay, master_dtype=master)
 

@@ -45,7 +45,7 @@ def plan(cfg) -> list[str]:
   lines += mem.lines()
   if not mem.fits: lines.append(f"REFUSED {refusal(cfg, mem)}")
   gb = cfg.train.global_batch_size
-  if cfg.train.max_samples: lines.append(f"plan: up to {cfg.train.max_samples // gb:,} steps of {gb} samples (cap {cfg.train.max_samples:,} samples), eval every {cfg.eval.interval_samples:,} samples on {cfg.eval.samples} samples, target {cfg.eval.target}")
+  if cfg.train.max_samples: lines.append(f"plan: up to {cfg.train.max_samples // gb:,} steps of {gb} samples (cap {cfg.train.max_samples:,} samples), eval every {cfg.eval_every_samples:,} samples on {cfg.eval.samples} samples, target {cfg.eval.target}")
   else: lines.append(f"plan: up to {cfg.train.max_epochs} epochs of {cfg.steps_per_epoch} steps at batch {gb}, eval every {cfg.eval.interval_epochs} epochs, target {cfg.eval.target}")
   lines.append("config: " + repr(dataclasses.asdict(cfg)))
   missing = []

@@ -21,23 +21,29 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
                kind* imagenet: path*, image_size (224)
                kind* synthetic_images: image_size*, train_samples*
   optimizer*   name* adamw|sgd|lars, lr*, betas (0.9, 0.999), eps (1e-8), weight_decay (0),
+               no_weight_decay none|bias_and_1d (none: every parameter decays; bias_and_1d: biases
+               and 1-D parameters such as norm weights do not, Megatron-core's default groups),
                momentum (0.9), nesterov (false), grad_clip_norm (absent: no clipping),
                label_smoothing (0)
-  schedule*    kind* cosine_warmup: max_steps*, end_lr*, and exactly one of warmup_samples /
-                 warmup_steps (samples are turned into steps: ceil(samples / global batch));
-                 decays over max_steps - warmup_steps
+  schedule*    kind* cosine_warmup: max_steps*, end_lr (required, but for llama31_8b where it is
+                 0.1 x optimizer.lr when absent, as the rules tie it), and exactly one of
+                 warmup_samples / warmup_steps (samples are turned into steps: ceil(samples /
+                 global batch)); decays over max_steps - warmup_steps
                kind* poly_warmup (resnet only): warmup_epochs*, end_lr*, power (2), and exactly
                  one of decay_steps / decay_epochs (epochs are turned into steps)
   train*       global_batch_size*, micro_batch_size*, gradient_accumulation_steps (absent:
                derived so that global = micro * mesh.dp * accumulation; present: must satisfy
-               it), seed (0), exactly one of max_samples / max_epochs (a cap on the run),
+               it), seed (absent: drawn from the OS at the start of a run, logged, and kept by a
+               resume), exactly one of max_samples / max_epochs (a cap on the run),
                precision with param_dtype (master weights and optimizer state), compute_dtype
                (the weights and activations matmuls and attention read; no wider than
                param_dtype), comm_dtype (gradients as they travel) (float32|bfloat16|float16,
                all float32 by default), recompute none|layer (none: keep every activation for
                backward; layer: keep each transformer or residual block's input only and
                recompute its forward in backward)
-  eval*        samples*, target*, interval_samples (llama, required) or interval_epochs
+  eval*        samples*, target*, interval_samples (llama, required; evaluations happen every
+               ceil(interval_samples / global batch) x global batch samples, as the llama31_8b
+               rules say) or interval_epochs
                (resnet, required) with offset_epochs (epochs trained before the first
                evaluation; 0, the default, means interval_epochs). Quality: llama log
                perplexity <= target, resnet top-1 >= target.
@@ -165,6 +171,7 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
+    no_weight_decay: Literal["none", "bias_and_1d"] = "none"
     momentum: float = 0.9
     nesterov: bool = False
     grad_clip_norm: Optional[float] = None
@@ -175,7 +182,7 @@ class OptimizerConfig:
 class CosineWarmup:
     kind: Literal["cosine_warmup"]
     max_steps: int
-    end_lr: float
+    end_lr: Optional[float] = None
     warmup_samples: Optional[int] = None
     warmup_steps: Optional[int] = None
 
@@ -206,7 +213,7 @@ class TrainConfig:
     global_batch_size: int
     micro_batch_size: int
     gradient_accumulation_steps: Optional[int] = None
-    seed: int = 0
+    seed: Optional[int] = None
     max_samples: Optional[int] = None
     max_epochs: Optional[float] = None
     precision: Precision = Precision()
@@ -275,6 +282,13 @@ class Config:
     def steps_per_epoch(self):
         """Optimizer steps in one pass over an image training set (the loader drops a partial last batch)."""
         return max(1, self.data.train_size // self.train.global_batch_size)
+
+    @property
+    def eval_every_samples(self):
+        """Samples between llama evaluations: eval.interval_samples rounded up to whole global batches (the llama31_8b
+        rules: every ceil(12288 / global_batch_size) * global_batch_size samples)."""
+        gb = self.train.global_batch_size
+        return -(-self.eval.interval_samples // gb) * gb
 
     def target_reached(self, value):
         """Whether an evaluation result meets eval.target (log perplexity: lower is better)."""
@@ -482,6 +496,10 @@ def _check_batch_split(train, mesh):
 def _resolve_schedule(cfg):
     sched = cfg.schedule
     if isinstance(sched, CosineWarmup):
+        if sched.end_lr is None:
+            # the llama31_8b rules tie the end LR to 0.1 x the base LR (the reference's min_lr)
+            _require(cfg.benchmark == "llama31_8b", "missing required key 'schedule.end_lr'")
+            sched = dataclasses.replace(sched, end_lr=END_LR_FRACTION * cfg.optimizer.lr)
         _exactly_one("schedule", warmup_samples=sched.warmup_samples, warmup_steps=sched.warmup_steps)
         if sched.warmup_samples is not None:
             _non_negative("schedule.warmup_samples", sched.warmup_samples)
@@ -609,7 +627,8 @@ def _validate_schedule(cfg):
 
 
 def _validate_train(train):
-    _non_negative("train.seed", train.seed)
+    if train.seed is not None:
+        _non_negative("train.seed", train.seed)
     _exactly_one("train", max_samples=train.max_samples, max_epochs=train.max_epochs)
     cap = train.max_samples if train.max_samples is not None else train.max_epochs
     _positive("train.max_samples" if train.max_samples is not None else "train.max_epochs", cap)
@@ -651,7 +670,7 @@ CLOSED_RULES = {
     "llama31_8b": (
         ("data.kind", "c4"), ("data.seq_len", 8192),
         ("optimizer.name", "adamw"), ("optimizer.betas", (0.9, 0.95)), ("optimizer.eps", 1e-5),
-        ("optimizer.weight_decay", 0.1), ("optimizer.grad_clip_norm", 1.0),
+        ("optimizer.weight_decay", 0.1), ("optimizer.no_weight_decay", "bias_and_1d"), ("optimizer.grad_clip_norm", 1.0),
         ("schedule.kind", "cosine_warmup"), ("schedule.max_steps", 1_200_000),
         ("eval.samples", 1024), ("eval.target", 3.3),
     ),
@@ -661,6 +680,9 @@ CLOSED_RULES = {
         ("eval.target", 0.759),
     ),
 }
+
+
+END_LR_FRACTION = 0.1   # llama31_8b: end LR = 0.1 x base LR (the rules; the reference's min_lr)
 
 
 def _validate_closed(cfg):
@@ -673,6 +695,10 @@ def _validate_closed(cfg):
             node = getattr(node, part)
         if node != want:
             closed(f"'{path}' must be {want!r}, got {node!r}")
+    if cfg.benchmark == "llama31_8b":
+        lr, end = cfg.optimizer.lr, cfg.schedule.end_lr
+        if not math.isclose(end, END_LR_FRACTION * lr, rel_tol=1e-9):
+            closed(f"'schedule.end_lr' must be 0.1 x optimizer.lr = {END_LR_FRACTION * lr:g}, got {end:g} (leave it out to derive it)")
     if cfg.benchmark == "resnet":
         opt = cfg.optimizer
         if opt.name not in ("lars", "sgd"):

@@ -6,8 +6,8 @@ from trainer.nn import WarmupCosine, WarmupPolynomial, SGD
 
 def test_warmup_cosine_key_steps():
   s = WarmupCosine(base_lr=8e-4, warmup_steps=10, decay_steps=90, end_lr=8e-5)
-  assert math.isclose(s(0), 8e-4 / 10) and math.isclose(s(4), 8e-4 * 5 / 10)
-  assert math.isclose(s(9), 8e-4) and math.isclose(s(10), 8e-4)
+  assert math.isclose(s(0), 8e-4 / 11) and math.isclose(s(4), 8e-4 * 5 / 11)     # NeMo: (s + 1) / (W + 1)
+  assert math.isclose(s(9), 8e-4 * 10 / 11) and math.isclose(s(10), 8e-4)
   assert math.isclose(s(55), 8e-5 + (8e-4 - 8e-5) * 0.5)                    # half-way through the decay
   assert math.isclose(s(10 + 30), 8e-5 + (8e-4 - 8e-5) * 0.5 * (1 + math.cos(math.pi / 3)))
   assert math.isclose(s(100), 8e-5) and math.isclose(s(1000), 8e-5)

@@ -6,8 +6,10 @@ Rotary embeddings use HF's rotate_half on the two halves of each head (the layou
 q/k weights), so published `LlamaForCausalLM` safetensors load with `load_state_dict` and give the
 published logits.
 
-Init (stated choice): every Linear and the embedding ~ normal(0, 0.02) (HF `initializer_range`, the
-MLPerf/NeMo `init_method_std`), norms = 1. No bias anywhere.
+Init, as the MLPerf reference (NeMo on Megatron-core): the embedding and every Linear ~ normal(0, 0.02)
+(`init_method_std`), but the two that write into the residual stream, the attention's o_proj and the MLP's
+down_proj, ~ normal(0, 0.02 / sqrt(2 * n_layers)) (Megatron's `output_layer_init_method`,
+scaled_init_method_normal; 0.0025 at 32 layers); norms = 1. No bias anywhere.
 """
 from __future__ import annotations
 import math
@@ -39,6 +41,11 @@ class LlamaConfig:
 
   @property
   def head_dim(self) -> int: return self.dim // self.n_heads
+
+  @property
+  def output_init_std(self) -> float:
+    """The std of o_proj and down_proj: init_std / sqrt(2 * n_layers) (Megatron's scaled_init_method_normal)."""
+    return self.init_std / math.sqrt(2 * max(self.n_layers, 1))
 
   def num_params(self) -> int:
     kv = self.n_kv_heads * self.head_dim
@@ -101,7 +108,7 @@ class LlamaAttention(Module):
     self.q_proj = Linear(cfg.dim, cfg.n_heads * hd, **kw)
     self.k_proj = Linear(cfg.dim, cfg.n_kv_heads * hd, **kw)
     self.v_proj = Linear(cfg.dim, cfg.n_kv_heads * hd, **kw)
-    self.o_proj = Linear(cfg.n_heads * hd, cfg.dim, **kw)
+    self.o_proj = Linear(cfg.n_heads * hd, cfg.dim, **(kw | {"std": cfg.output_init_std}))
 
   def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     B, T, _ = x.shape
@@ -118,7 +125,7 @@ class LlamaMLP(Module):
     kw = dict(bias=False, dtype=cfg.dtype, device=device, std=cfg.init_std)
     self.gate_proj = Linear(cfg.dim, cfg.ffn_dim, **kw)
     self.up_proj = Linear(cfg.dim, cfg.ffn_dim, **kw)
-    self.down_proj = Linear(cfg.ffn_dim, cfg.dim, **kw)
+    self.down_proj = Linear(cfg.ffn_dim, cfg.dim, **(kw | {"std": cfg.output_init_std}))
 
   def forward(self, x: Tensor) -> Tensor:
     return self.down_proj(self.gate_proj(x).silu() * self.up_proj(x))

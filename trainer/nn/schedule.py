@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 
 def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, decay_steps: int, end_lr: float = 0.0) -> float:
-  """Linear warmup then cosine decay, as MLPerf llama31_8b logs it (opt_learning_rate_warmup_steps,
-  opt_learning_rate_decay_steps = max_steps - warmup_steps, opt_end_learning_rate):
-    step <  warmup:  base * (step + 1) / warmup          (reaches base on the last warmup step)
-    step >= warmup:  end + (base - end) * (1 + cos(pi * min(step - warmup, decay) / decay)) / 2
-  so the LR is base at step == warmup and end from step == warmup + decay (== max_steps) on."""
-  if warmup_steps > 0 and step < warmup_steps: return base_lr * (step + 1) / warmup_steps
+  """Linear warmup then cosine decay, as the MLPerf llama31_8b reference runs it (NeMo's CosineAnnealing with
+  warmup, nemo/core/optim/lr_scheduler.py: _get_warmup_lr and _cosine_annealing; the first update is step 0) and
+  logs it (opt_learning_rate_warmup_steps, opt_learning_rate_decay_steps = max_steps - warmup_steps,
+  opt_end_learning_rate):
+    step <= warmup:  base * (step + 1) / (warmup + 1)    (base at step == warmup)
+    step >  warmup:  end + (base - end) * (1 + cos(pi * min(step - warmup, decay) / decay)) / 2
+  so the LR is end from step == warmup + decay (== max_steps) on."""
+  if step <= warmup_steps: return base_lr * (step + 1) / (warmup_steps + 1)
   if decay_steps <= 0: return end_lr if step > warmup_steps else base_lr
   p = min(step - warmup_steps, decay_steps) / decay_steps
   return end_lr + (base_lr - end_lr) * 0.5 * (1 + math.cos(math.pi * p))

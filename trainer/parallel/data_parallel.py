@@ -27,7 +27,8 @@ from .tensor_parallel import param_groups, sync_replicated_grads
 
 class DataParallel:
   """`models`: one replica per dp rank, each a plain model or one sharded over a tensor-parallel group
-  (tensor_parallel.shard_model); the replicas' devices of tp rank r form the all-reduce ring of r."""
+  (tensor_parallel.shard_model); the replicas' devices of tp rank r form the all-reduce ring of r.
+  `make_optimizer` takes (name, tensor) pairs: the model's parameter names with their tensors or ZeRO-1 chunks."""
   def __init__(self, models: list, make_optimizer, zero1: bool = False, clip_norm: float | None = None, comm_dtype=None,
                master_dtype="float32"):
     """master_dtype: the type of ZeRO-1's weight chunks (the optimizer's master weights). ZeRO-1 with a single
@@ -48,10 +49,10 @@ class DataParallel:
     self.params = self.ranks[0]         # tp rank 0's tensors of every replica (all of them without tp)
     self.devices = [ps[0].device for ps in self.params]
     self.sizes = [p.numel() for p in self.params[0]]
+    self.names = [n for n, _ in models[0].named_parameters()]   # the optimizers see (name, tensor) pairs
     if not zero1:
-      self.opts = [make_optimizer(ps) for rank in self.ranks for ps in rank]
+      self.opts = [make_optimizer(list(zip(self.names, ps))) for rank in self.ranks for ps in rank]
       return
-    self.names = [n for n, _ in models[0].named_parameters()]
     self.bounds = [bounds(n, len(models)) for n in self.sizes]
     with no_grad():   # replica r's chunk r of every parameter, in the master type, on its device
       self.shards = [[materialize(p.detach().reshape(-1)[b[r][0]:b[r][1]].cast(self.master_dtype), requires_grad=True)
