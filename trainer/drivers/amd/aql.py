@@ -6,36 +6,10 @@ Layouts are those of hsa/hsa.h and hsa/amd_hsa_queue.h (tests/drivers checks the
 from __future__ import annotations
 import ctypes
 from . import kfd
+from .hsa import (u16, u32, amd_queue_t, dispatch_packet_t, barrier_and_packet_t, PACKET_BYTES, TYPE_INVALID,
+                  TYPE_KERNEL_DISPATCH, TYPE_BARRIER_AND, HEADER_FENCES, BARRIER_DEPS, QUEUE_TYPE_MULTI, QUEUE_PROPERTIES_IS_PTR64)
 
-u16, u32, u64 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
-dispatch_packet_t = type("hsa_kernel_dispatch_packet_t", (ctypes.Structure,), {"_fields_": [
-  ("header", u16), ("setup", u16), ("workgroup_size_x", u16), ("workgroup_size_y", u16), ("workgroup_size_z", u16),
-  ("reserved0", u16), ("grid_size_x", u32), ("grid_size_y", u32), ("grid_size_z", u32), ("private_segment_size", u32),
-  ("group_segment_size", u32), ("kernel_object", u64), ("kernarg_address", u64), ("reserved2", u64),
-  ("completion_signal", u64)]})
-barrier_and_packet_t = type("hsa_barrier_and_packet_t", (ctypes.Structure,), {"_fields_": [
-  ("header", u16), ("reserved0", u16), ("reserved1", u32), ("dep_signal", u64 * 5), ("reserved2", u64),
-  ("completion_signal", u64)]})
-queue_t = type("hsa_queue_t", (ctypes.Structure,), {"_fields_": [
-  ("type", u32), ("features", u32), ("base_address", u64), ("doorbell_signal", u64), ("size", u32), ("reserved1", u32),
-  ("id", u64)]})
-amd_queue_t = type("amd_queue_t", (ctypes.Structure,), {"_fields_": [
-  ("hsa_queue", queue_t), ("reserved1", u32 * 4), ("write_dispatch_id", u64), ("group_segment_aperture_base_hi", u32),
-  ("private_segment_aperture_base_hi", u32), ("max_cu_id", u32), ("max_wave_id", u32),
-  ("max_legacy_doorbell_dispatch_id_plus_1", u64), ("legacy_doorbell_lock", u32), ("reserved2", u32 * 9),
-  ("read_dispatch_id", u64), ("read_dispatch_id_field_base_byte_offset", u32), ("compute_tmpring_size", u32),
-  ("scratch_resource_descriptor", u32 * 4), ("scratch_backing_memory_location", u64),
-  ("scratch_backing_memory_byte_size", u64), ("scratch_wave64_lane_byte_size", u32), ("queue_properties", u32),
-  ("reserved3", u32 * 2), ("queue_inactive_signal", u64), ("reserved4", u32 * 14)]})
 
-PACKET_BYTES = 64
-TYPE_INVALID, TYPE_KERNEL_DISPATCH, TYPE_BARRIER_AND = 1, 2, 3     # hsa_packet_type_t
-HEADER_BARRIER, HEADER_ACQUIRE_SCOPE, HEADER_RELEASE_SCOPE = 8, 9, 11   # bit positions in the header
-SCOPE_SYSTEM = 2                                                   # HSA_FENCE_SCOPE_SYSTEM
-HEADER_FENCES = (1 << HEADER_BARRIER) | (SCOPE_SYSTEM << HEADER_ACQUIRE_SCOPE) | (SCOPE_SYSTEM << HEADER_RELEASE_SCOPE)
-BARRIER_DEPS = 5
-QUEUE_TYPE_MULTI = 0                      # HSA_QUEUE_TYPE_MULTI
-QUEUE_PROPERTIES_IS_PTR64 = 1 << 1        # AMD_QUEUE_PROPERTIES_IS_PTR64
 RING_PACKETS = 1024                       # 64 KiB ring
 KERNARG_SLOT = 4096                       # bytes of kernel arguments per ring slot (reused with the slot; 4 MiB in all)
 EOP_BYTES = 4096                          # the CP's end-of-pipe buffer

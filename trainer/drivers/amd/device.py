@@ -8,7 +8,7 @@ import ctypes, os, struct
 from dataclasses import dataclass
 from . import kfd, topology
 from .aql import AqlQueue
-from .elf import CodeObject
+from .elf import CodeObject, CODE_ALIGN
 from .memory import Memory
 from .os_seam import PROT_READ, PROT_WRITE, MAP_SHARED, system
 from .sdma import SdmaQueue
@@ -16,7 +16,6 @@ from .signals import Signals
 
 KFD_PATH = "/dev/kfd"
 RENDER_PATH = "/dev/dri/renderD{minor}"
-CODE_ALIGN = 256             # bytes: alignment of the loaded image in its buffer (kernel code needs 256)
 VRAM = kfd.MEM_VRAM | kfd.MEM_WRITABLE
 CODE = kfd.MEM_VRAM | kfd.MEM_WRITABLE | kfd.MEM_EXECUTABLE
 HOST = kfd.MEM_GTT | kfd.MEM_WRITABLE | kfd.MEM_COHERENT | kfd.MEM_UNCACHED

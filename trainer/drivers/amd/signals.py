@@ -10,13 +10,9 @@ barrier packet still in some ring may read it."""
 from __future__ import annotations
 import ctypes, time
 from . import kfd
+from .hsa import signal_t, SIGNAL_KIND_USER, SIGNAL_BYTES
 
-signal_t = type("amd_signal_t", (ctypes.Structure,), {"_fields_": [
-  ("kind", ctypes.c_int64), ("value", ctypes.c_int64), ("event_mailbox_ptr", ctypes.c_uint64), ("event_id", ctypes.c_uint32),
-  ("reserved1", ctypes.c_uint32), ("start_ts", ctypes.c_uint64), ("end_ts", ctypes.c_uint64), ("queue_ptr", ctypes.c_uint64),
-  ("reserved3", ctypes.c_uint32 * 2)]})
-SIGNAL_KIND_USER = 1          # AMD_SIGNAL_KIND_USER
-SIGNAL_BYTES = 64             # sizeof(amd_signal_t), also its alignment
+
 SIGNALS_PER_PAGE = 1024       # signals per allocation (64 KiB)
 SPIN_S = 20e-6                # seconds of polling before sleeping in WAIT_EVENTS
 SLEEP_MS = 100                # one WAIT_EVENTS sleep
