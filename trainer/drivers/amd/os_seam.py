@@ -14,7 +14,11 @@ class Seam:
   """What the driver calls on the OS. Subclasses supply the system calls: LinuxOs (the real kernel)
   and sim.kernel.SimKernel (the simulated one), whose `sys_ioctl` is the kernel's side of an ioctl."""
   def ioctl(self, fd: int, request: int, arg: ctypes.Structure) -> ctypes.Structure:
-    return self.sys_ioctl(fd, request, arg)
+    """The ioctl, restarted when a signal interrupts it (EINTR), as libhsakmt's kmtIoctl does: Python's
+    handlers are installed without SA_RESTART and PEP 475's retries cover os.* calls, not ctypes ones."""
+    while True:
+      try: return self.sys_ioctl(fd, request, arg)
+      except InterruptedError: continue
 
 
 class LinuxOs(Seam):
