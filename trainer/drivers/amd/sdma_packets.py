@@ -8,7 +8,8 @@ from .kfd import AmdError
 
 OP_NOP, OP_COPY, OP_FENCE, OP_TRAP, OP_POLL_REGMEM, OP_TIMESTAMP = 0, 1, 5, 6, 8, 13
 SUBOP_COPY_LINEAR, SUBOP_TIMESTAMP_GET_GLOBAL = 0, 2
-COPY_MAX_BYTES = 1 << 22          # COPY_LINEAR count is 22 bits of (bytes - 1) in both encodings
+COPY_MAX_BYTES = 1 << 22          # SDMA 4 COPY_LINEAR: count is 22 bits of (bytes - 1) (also the kernel's copy_max_bytes)
+COPY_MAX_BYTES_V6 = 1 << 30       # SDMA 6 COPY_LINEAR: count is 30 bits (sdma_v6_0_0_pkt_open.h; tinygrad cuts at 1 GiB too)
 POLL_FUNC_EQUAL = 3               # POLL_REGMEM func: reference == (value & mask)
 POLL_INTERVAL = 10                # POLL_REGMEM poll interval (clock units of 16)
 POLL_RETRY_FOREVER = 0xFFF
@@ -46,8 +47,9 @@ class Sdma4:
 
 
 class Sdma6(Sdma4):
-  """SDMA 6.0 packets (gfx1100): as 4.x, and a FENCE names its memory type."""
+  """SDMA 6.0 packets (gfx1100): as 4.x, a FENCE names its memory type, a copy counts 30 bits."""
   version = 6
+  copy_max = COPY_MAX_BYTES_V6
   fence_header_extra = FENCE_MTYPE_UC << 16
 
 
