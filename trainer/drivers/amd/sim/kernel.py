@@ -23,7 +23,7 @@ KFD_FD, RENDER_FD0 = 1000, 1100      # file descriptors the simulated device fil
 VERSION = (1, 14)
 PAGE = 4096
 UNSIGNALED_EVENT_SLOT = (1 << 64) - 1   # kfd_events.c: a signal slot nobody has written
-TICKS_PER_WAIT = 24                  # most engine ticks one WAIT_EVENTS call lets pass before it times out (asynchronous)
+TICKS_PER_MS = 100                   # engine ticks per millisecond of a WAIT_EVENTS timeout (asynchronous)
 DOORBELL_TICKS = 2                   # most engine ticks a doorbell write lets pass (asynchronous)
 RUNTIME_ENABLE_MODE_ENABLE = 1       # KFD_RUNTIME_ENABLE_MODE_ENABLE_MASK
 
@@ -161,7 +161,8 @@ class SimKernel(Seam):
       g = self._gpu(gid)
       owner = self.by_id[bo.gpu_id]
       if not g.vm: raise OSError(errno.EINVAL, f"MAP to gpu_id {gid} before its ACQUIRE_VM")
-      if frozenset((g.index, owner.index)) in self.unreachable: raise OSError(errno.EINVAL, f"gpu_id {gid} cannot reach gpu_id {bo.gpu_id}")
+      if bo.flags & kfd.MEM_VRAM and frozenset((g.index, owner.index)) in self.unreachable:   # kfd_mem_attach: a peer's VRAM needs XGMI or P2P
+        raise OSError(errno.EINVAL, f"gpu_id {gid} cannot reach gpu_id {bo.gpu_id}'s VRAM")
       if gid not in bo.mapped:
         bo.mapped.add(gid)
         g.table.add(bo)
@@ -238,21 +239,25 @@ class SimKernel(Seam):
     data = kfd.array_type(kfd.event_data, a.num_events).from_address(a.events_ptr)
     for d in data:
       if d.event_id not in self.events: raise OSError(errno.EINVAL, f"WAIT_EVENTS on unknown event {d.event_id}")
-    budget = self.rng.randint(1, TICKS_PER_WAIT) if self.asynchronous else 1
-    for _ in range(budget):
+    moved_any = False
+    for _ in range(max(1, a.timeout) * TICKS_PER_MS if self.asynchronous else 1):
       if self._report(data): break
-      if not self.run():          # nothing moved and nothing will: report the hang at once instead of sleeping
+      moved = self.run()
+      moved_any |= moved
+      if not moved:
         if self._report(data): break
-        stuck = [q.describe() for q in self.queues.values() if not q.idle()]
+        if moved_any: return self._timeout(a)     # the work went as far as it goes; no event: the sleep runs out
+        stuck = [q.describe() for q in self.queues.values() if not q.idle()]   # nothing moved and nothing will: a hang
         self.hw_fault = (self.gpus[0].gpu_id if not stuck else stuck[0][0], 0, "; ".join(s for _, s in stuck) or "nothing queued")
         self._report(data)
         break
     else:
-      if not self._report(data):
-        a.wait_result = kfd.WAIT_TIMEOUT
-        self.stats["wait_timeouts"] += 1
-        return
+      if not self._report(data): return self._timeout(a)
     a.wait_result = kfd.WAIT_COMPLETE
+
+  def _timeout(self, a):
+    a.wait_result = kfd.WAIT_TIMEOUT
+    self.stats["wait_timeouts"] += 1
 
   def _report(self, data) -> bool:
     """Fill the event data of what happened (faults, signaled events); whether anything had."""
