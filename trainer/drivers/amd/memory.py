@@ -48,7 +48,9 @@ class Memory:
       raise err(f"ALLOC_MEMORY_OF_GPU of {size} bytes of {kind} on gpu_id {gpu_id} failed: {e.strerror}") from None
     bo = Bo(va, size, a.handle, gpu_id, flags, (res, size + align), cpu)
     try:
-      if cpu: self.os.mmap(va, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.render_fds[gpu_id], a.mmap_offset)
+      if cpu:
+        try: self.os.mmap(va, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.render_fds[gpu_id], a.mmap_offset)
+        except OSError as e: raise kfd.AmdError(f"mmap of the {size}-byte buffer at {va:#x} (gpu_id {gpu_id}) for the CPU failed: {e.strerror}") from None
       self.map(bo, gpus or [gpu_id])
     except BaseException:   # the CPU or GPU mapping failed: give the buffer back
       self.free(bo)
