@@ -5,7 +5,8 @@ simulated ones, where the figures mean nothing): PASS or FAIL per step, then ben
 
 Steps: open /dev/kfd, topology, memory (VRAM, host, peer mapping), queues, a kernel, SDMA copies,
 a peer copy, and the collectives (every dtype, an odd size, the CPU devices' bits); bench/amd_check.sh
-adds the op suites and a Llama step.
+adds the op suites and a Llama step. Before the queues it prints what the driver will send to
+CREATE_QUEUE (sizes from sysfs or the kernel's formula) and how to see KFD's reasons if it refuses.
 Figures: SDMA host->device and peer copy GB/s, an elementwise kernel's GB/s, a float32 and a bfloat16
 matmul's TFLOP/s (matrix cores), the ring all-reduce's bus GB/s.
 """
@@ -56,6 +57,17 @@ def main():
     if len(p.gpus) > 1: p.memory.map(v, [x.gpu_id for x in p.gpus])
     p.memory.free(v); p.memory.free(h)
     return f"64 MiB VRAM, 1 MiB host memory{', peer-mapped on all GPUs' if len(p.gpus) > 1 else ''}"
+
+  from trainer.drivers.amd.cwsr import queue_sizes
+  from trainer.drivers.amd.queue_setup import DYNAMIC_DEBUG
+  for g in state["p"].gpus if "p" in state else []:
+    try:
+      s = queue_sizes(g)
+      print(f"CREATE_QUEUE gpu_id {g.gpu_id} ({g.target}, {g.xcc_count} XCC): ctl_stack_size {s.ctl_stack:#x}, ctx_save_restore_size "
+            f"{s.per_xcc:#x} per XCC ({'from sysfs' if 'cwsr_size' in g.props else 'kernel formula'}), debugger area {s.debug:#x} per XCC, "
+            f"save-area buffer {s.total:#x}, EOP {s.eop:#x}; ring 64 KiB, read/write pointers in one-page buffers")
+    except kfd.AmdError as e: print(f"CREATE_QUEUE gpu_id {g.gpu_id}: {e}")
+  print(f"If a queue fails with EINVAL, KFD logs why as a debug line: as root, {DYNAMIC_DEBUG}; run again; dmesg | grep kfd")
 
   @step("queues")
   def _():

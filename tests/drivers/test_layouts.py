@@ -4,11 +4,11 @@ program prints every field's offset and size, each struct's size and the ioctl n
 we use, and they must equal ours. (.ci/run installs linux-libc-dev and libhsa-runtime-dev.)"""
 import ctypes, os, subprocess
 import pytest
-from trainer.drivers.amd import aql, kfd, signals
+from trainer.drivers.amd import hsa, kfd
 
 KFD_H, HSA_H = "/usr/include/linux/kfd_ioctl.h", "/usr/include/hsa/hsa.h"
-HSA = [(aql.dispatch_packet_t, "hsa_kernel_dispatch_packet_t"), (aql.barrier_and_packet_t, "hsa_barrier_and_packet_t"),
-       (aql.queue_t, "hsa_queue_t"), (aql.amd_queue_t, "amd_queue_t"), (signals.signal_t, "amd_signal_t")]
+HSA = [(hsa.dispatch_packet_t, "hsa_kernel_dispatch_packet_t"), (hsa.barrier_and_packet_t, "hsa_barrier_and_packet_t"),
+       (hsa.queue_t, "hsa_queue_t"), (hsa.amd_queue_t, "amd_queue_t"), (hsa.signal_t, "amd_signal_t")]
 KFD_CONSTANTS = {"KFD_IOC_ALLOC_MEM_FLAGS_VRAM": kfd.MEM_VRAM, "KFD_IOC_ALLOC_MEM_FLAGS_GTT": kfd.MEM_GTT,
                  "KFD_IOC_ALLOC_MEM_FLAGS_USERPTR": kfd.MEM_USERPTR, "KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL": kfd.MEM_DOORBELL,
                  "KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP": kfd.MEM_MMIO_REMAP, "KFD_IOC_ALLOC_MEM_FLAGS_WRITABLE": kfd.MEM_WRITABLE,
@@ -22,11 +22,11 @@ KFD_CONSTANTS = {"KFD_IOC_ALLOC_MEM_FLAGS_VRAM": kfd.MEM_VRAM, "KFD_IOC_ALLOC_ME
                  "KFD_IOC_WAIT_RESULT_COMPLETE": kfd.WAIT_COMPLETE, "KFD_IOC_WAIT_RESULT_TIMEOUT": kfd.WAIT_TIMEOUT,
                  "KFD_IOC_WAIT_RESULT_FAIL": kfd.WAIT_FAIL, "KFD_SIGNAL_EVENT_LIMIT": kfd.SIGNAL_EVENT_LIMIT,
                  **{f"AMDKFD_IOC_{n}": v for n, v in kfd.IOCTL_NAMES.items()}}
-HSA_CONSTANTS = {"HSA_PACKET_TYPE_INVALID": aql.TYPE_INVALID, "HSA_PACKET_TYPE_KERNEL_DISPATCH": aql.TYPE_KERNEL_DISPATCH,
-                 "HSA_PACKET_TYPE_BARRIER_AND": aql.TYPE_BARRIER_AND, "HSA_PACKET_HEADER_BARRIER": aql.HEADER_BARRIER,
-                 "HSA_PACKET_HEADER_SCACQUIRE_FENCE_SCOPE": aql.HEADER_ACQUIRE_SCOPE,
-                 "HSA_PACKET_HEADER_SCRELEASE_FENCE_SCOPE": aql.HEADER_RELEASE_SCOPE, "HSA_FENCE_SCOPE_SYSTEM": aql.SCOPE_SYSTEM,
-                 "AMD_SIGNAL_KIND_USER": signals.SIGNAL_KIND_USER, "HSA_QUEUE_TYPE_MULTI": aql.QUEUE_TYPE_MULTI}
+HSA_CONSTANTS = {"HSA_PACKET_TYPE_INVALID": hsa.TYPE_INVALID, "HSA_PACKET_TYPE_KERNEL_DISPATCH": hsa.TYPE_KERNEL_DISPATCH,
+                 "HSA_PACKET_TYPE_BARRIER_AND": hsa.TYPE_BARRIER_AND, "HSA_PACKET_HEADER_BARRIER": hsa.HEADER_BARRIER,
+                 "HSA_PACKET_HEADER_SCACQUIRE_FENCE_SCOPE": hsa.HEADER_ACQUIRE_SCOPE,
+                 "HSA_PACKET_HEADER_SCRELEASE_FENCE_SCOPE": hsa.HEADER_RELEASE_SCOPE, "HSA_FENCE_SCOPE_SYSTEM": hsa.SCOPE_SYSTEM,
+                 "AMD_SIGNAL_KIND_USER": hsa.SIGNAL_KIND_USER, "HSA_QUEUE_TYPE_MULTI": hsa.QUEUE_TYPE_MULTI}
 
 
 def fields(struct, prefix=""):

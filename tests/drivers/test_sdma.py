@@ -4,7 +4,7 @@ for SDMA 6.0, gfx1100): each field as (dword, shift, width) from the header's _o
 _mask, transcribed here, and every packet decoded with them."""
 import struct
 import pytest
-from trainer.drivers.amd import sdma
+from trainer.drivers.amd import sdma_packets as sdma
 
 COMMON = {  # the same in both headers
   "COPY_LINEAR": {"op": (0, 0, 8), "sub_op": (0, 8, 8), "count": (1, 0, 22), "dst_swap": (2, 16, 2), "src_swap": (2, 24, 2),

@@ -8,7 +8,8 @@ its own definitions of them. The source is embedded in the code object it become
   * elementwise: one work-item per output element, a grid-stride loop over the flat output index; the
     loop nest's integers are kernel parameters, so kernels that differ only in shape share a code object;
   * reductions: a work-group per output whose work-items stride over the reduce index and combine
-    through LDS in a fixed tree (deterministic); one work-item per output when the reduce is short;
+    through LDS in a fixed tree (deterministic), the groups capped at MAX_GROUPS and striding over the
+    outputs (the grid's work-item count is 32 bits); one work-item per output when the reduce is short;
   * contractions (codegen/gemm.match): the matrix cores, one wave per 16x16 output tile (sizes, strides and
     offsets are parameters, as above): MFMA
     f32_16x16x4f32 on CDNA (wave 64, every float dtype widened to float32), WMMA f32_16x16x16 on
@@ -180,17 +181,19 @@ def _reduce(k: Kernel, nest: LoopNest) -> Rendered:
     lines = [f"for ({it} o = ({it})K_GROUP_X * {BLOCK} + K_TID_X; o < {n_o}; o += {n_step}) {{",
              *_unflatten("o", onames, shape[:n_out], it), f"{acc_t} acc = {init};",
              f"for ({it} r = 0; r < {n_r}; r++) {{", *point, "}", *store, "}"]
-  else:
+    values += [O, R, groups * block]
+  else:   # a work-group per output, the groups capped (a 32-bit grid) and striding over the outputs
     G = 32
     while G < BLOCK and G * 8 <= R: G *= 2
-    groups, block = max(O, 1), G
-    lines = [f"K_LDS {acc_t} part[{G}];", f"const {it} o = K_GROUP_X;", "const int lane = K_TID_X;",
+    groups, block = max(1, min(O, MAX_GROUPS)), G
+    lines = [f"K_LDS {acc_t} part[{G}];", "const int lane = K_TID_X;",
+             f"for ({it} o = ({it})K_GROUP_X; o < {n_o}; o += {n_step}) {{",
              *_unflatten("o", onames, shape[:n_out], it), f"{acc_t} acc = {init};",
              f"for ({it} r = lane; r < {n_r}; r += {G}) {{", *point, "}",
              "part[lane] = acc;", "K_BARRIER();",
              f"for (int s = {G // 2}; s > 0; s >>= 1) {{", f"if (lane < s) part[lane] = {comb('part[lane]', 'part[lane + s]')};",
-             "K_BARRIER();", "}", "if (lane == 0) {", "acc = part[0];", *store, "}"]
-  values += [O, R, groups * block]
+             "K_BARRIER();", "}", "if (lane == 0) {", "acc = part[0];", *store, "}", "}"]
+    values += [O, R, groups]
   return _named(k, lines, values, (groups, 1, 1), block, it)
 
 
@@ -263,7 +266,7 @@ def _wmma(k: Kernel, g: gemm.Gemm) -> Rendered:
   lines = [*head, "const int l = K_TID_X;", f"const long long i = K_GROUP_Y * {TILE} + (l & 15), j = K_GROUP_X * {TILE} + (l & 15);",
            "k_f32x8 acc = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};",
            f"for (long long k0 = 0; k0 < {g.K}; k0 += {WMMA_K}) {{", f"{vec} a, b;",
-           f"for (int v = 0; v < {WMMA_K}; v++) {{", "const long long kk = k0 + v;",
+           "#pragma unroll", f"for (int v = 0; v < {WMMA_K}; v++) {{", "const long long kk = k0 + v;",   # vector lanes by constant index (else clang 22 spills to scratch)
            f"a[v] = (i < {g.M} && kk < {g.K}) ? ({elem})in{g.a}[{oa} + i*({sam}) + kk*({sak})] : {zero};",
            f"b[v] = (j < {g.N} && kk < {g.K}) ? ({elem})in{g.b}[{ob} + kk*({sbk}) + j*({sbn})] : {zero};", "}",
            f"acc = {op}(a, b, acc);", "}",

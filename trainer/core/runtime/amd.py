@@ -98,7 +98,7 @@ class AMDRuntime(Runtime):
     sig = self.gpu.signals
     rts = [self, *[o for o in others if o is not self]]
     for rt in rts: rt.flush()
-    before = [rt.gpu.mark_compute() for rt in rts]
+    before = [rt.gpu.mark_compute(interrupt=False) for rt in rts]   # only the SDMA queue waits for these
     for b in before: self.gpu.copies.wait(b)
     self.gpu.copies.copy(dst, src, nbytes)
     done = self.gpu.mark_copies()

@@ -2,92 +2,85 @@
 the `amd_queue_t` whose write/read dispatch ids the command processor reads and writes, and the
 doorbell. Packets: kernel dispatch (hsa_kernel_dispatch_packet_t) and barrier-AND (waits until up to
 five signals reach 0). Every packet sets the barrier bit, so the queue runs in order like a stream.
-Layouts are those of hsa/hsa.h and hsa/amd_hsa_queue.h (tests/drivers checks them)."""
+Layouts are in hsa.py (tests/drivers checks them against hsa/hsa.h and hsa/amd_hsa_queue.h).
+
+Buffers as KFD checks them (kfd_queue_acquire_buffers; sizes from cwsr.py): the ring is a plain,
+executable host buffer of exactly its size (the command processor fetches packets with execute
+permission; AQL_QUEUE_MEM is GFX7/8's half-size double mapping and breaks the ring on gfx9+), the
+amd_queue_t in a one-page buffer (it holds both dispatch ids), the context save area in host memory
+as libhsakmt keeps it, its header per XCC filled as libhsakmt's fill_cwsr_header does.
+
+The read dispatch id says a packet was launched, not that it finished: a dispatch's kernel arguments
+stay in use while its kernel runs. The ring is cut into chunks; the last slot of each holds a barrier
+whose signal completes when everything before it has, and the kernel-argument slots of a chunk (one
+per ring slot) are written again only after that signal of the lap before."""
 from __future__ import annotations
 import ctypes
 from . import kfd
+from .cwsr import queue_sizes
+from .queue_setup import create_queue, destroy_queue
+from .hsa import (u16, u32, amd_queue_t, dispatch_packet_t, barrier_and_packet_t, save_area_header_t, PACKET_BYTES,
+                  TYPE_INVALID, TYPE_KERNEL_DISPATCH, TYPE_BARRIER_AND, HEADER_FENCES, BARRIER_DEPS, QUEUE_TYPE_MULTI,
+                  QUEUE_PROPERTIES_IS_PTR64)
 
-u16, u32, u64 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
-dispatch_packet_t = type("hsa_kernel_dispatch_packet_t", (ctypes.Structure,), {"_fields_": [
-  ("header", u16), ("setup", u16), ("workgroup_size_x", u16), ("workgroup_size_y", u16), ("workgroup_size_z", u16),
-  ("reserved0", u16), ("grid_size_x", u32), ("grid_size_y", u32), ("grid_size_z", u32), ("private_segment_size", u32),
-  ("group_segment_size", u32), ("kernel_object", u64), ("kernarg_address", u64), ("reserved2", u64),
-  ("completion_signal", u64)]})
-barrier_and_packet_t = type("hsa_barrier_and_packet_t", (ctypes.Structure,), {"_fields_": [
-  ("header", u16), ("reserved0", u16), ("reserved1", u32), ("dep_signal", u64 * 5), ("reserved2", u64),
-  ("completion_signal", u64)]})
-queue_t = type("hsa_queue_t", (ctypes.Structure,), {"_fields_": [
-  ("type", u32), ("features", u32), ("base_address", u64), ("doorbell_signal", u64), ("size", u32), ("reserved1", u32),
-  ("id", u64)]})
-amd_queue_t = type("amd_queue_t", (ctypes.Structure,), {"_fields_": [
-  ("hsa_queue", queue_t), ("reserved1", u32 * 4), ("write_dispatch_id", u64), ("group_segment_aperture_base_hi", u32),
-  ("private_segment_aperture_base_hi", u32), ("max_cu_id", u32), ("max_wave_id", u32),
-  ("max_legacy_doorbell_dispatch_id_plus_1", u64), ("legacy_doorbell_lock", u32), ("reserved2", u32 * 9),
-  ("read_dispatch_id", u64), ("read_dispatch_id_field_base_byte_offset", u32), ("compute_tmpring_size", u32),
-  ("scratch_resource_descriptor", u32 * 4), ("scratch_backing_memory_location", u64),
-  ("scratch_backing_memory_byte_size", u64), ("scratch_wave64_lane_byte_size", u32), ("queue_properties", u32),
-  ("reserved3", u32 * 2), ("queue_inactive_signal", u64), ("reserved4", u32 * 14)]})
-
-PACKET_BYTES = 64
-TYPE_INVALID, TYPE_KERNEL_DISPATCH, TYPE_BARRIER_AND = 1, 2, 3     # hsa_packet_type_t
-HEADER_BARRIER, HEADER_ACQUIRE_SCOPE, HEADER_RELEASE_SCOPE = 8, 9, 11   # bit positions in the header
-SCOPE_SYSTEM = 2                                                   # HSA_FENCE_SCOPE_SYSTEM
-HEADER_FENCES = (1 << HEADER_BARRIER) | (SCOPE_SYSTEM << HEADER_ACQUIRE_SCOPE) | (SCOPE_SYSTEM << HEADER_RELEASE_SCOPE)
-BARRIER_DEPS = 5
-QUEUE_TYPE_MULTI = 0                      # HSA_QUEUE_TYPE_MULTI
-QUEUE_PROPERTIES_IS_PTR64 = 1 << 1        # AMD_QUEUE_PROPERTIES_IS_PTR64
 RING_PACKETS = 1024                       # 64 KiB ring
-KERNARG_SLOT = 4096                       # bytes of kernel arguments per ring slot (reused with the slot; 4 MiB in all)
-EOP_BYTES = 4096                          # the CP's end-of-pipe buffer
-# context save area (CWSR) per XCC, as the firmware needs it: a control stack of 8 (gfx9) or 12 (gfx10+)
-# bytes per wave slot plus a header, then per CU the registers (VGPR+AGPR, SGPR), LDS and hardware state
-WAVES_PER_CU = {9: 40, 10: 32, 11: 32}
-CTL_BYTES_PER_WAVE = {9: 8, 10: 12, 11: 12}
-CTL_HEADER_BYTES = 8 + 40                 # control stack header + kfd_context_save_area_header
-SAVE_BYTES_PER_CU = {9: 0x80000 + 0x4000 + 0x1000, 10: 0x60000 + 0x4000 + 0x1000, 11: 0x60000 + 0x4000 + 0x1000}
-
-
-def cwsr_sizes(gpu) -> tuple[int, int]:
-  """(control stack bytes, whole save area bytes over all XCCs) for a topology.Gpu."""
-  major = gpu.gc_version[0]
-  cus = gpu.cu_count // gpu.xcc_count
-  ctl = -(-(cus * WAVES_PER_CU[major] * CTL_BYTES_PER_WAVE[major] + CTL_HEADER_BYTES) // 4096) * 4096
-  per_xcc = ctl + cus * (SAVE_BYTES_PER_CU[major] + gpu.lds_bytes)
-  return ctl, -(-per_xcc // 4096) * 4096 * gpu.xcc_count
+CHUNK = 256                               # ring slots per completion marker (4 chunks a lap)
+KERNARG_SLOT = 4096                       # bytes of kernel arguments per ring slot (4 MiB in all)
+ERROR_REASON_OFFSET = 256                 # in the amd_queue_t's page: the u64 KFD writes a queue error's reason to
+RING = kfd.MEM_GTT | kfd.MEM_WRITABLE | kfd.MEM_EXECUTABLE | kfd.MEM_COHERENT | kfd.MEM_UNCACHED
+HOST = kfd.MEM_GTT | kfd.MEM_WRITABLE | kfd.MEM_COHERENT | kfd.MEM_UNCACHED
+SAVE_AREA = kfd.MEM_GTT | kfd.MEM_WRITABLE | kfd.MEM_EXECUTABLE   # libhsakmt: executable host memory
 
 
 class AqlQueue:
   def __init__(self, dev):
-    self.dev, os_, mem, g = dev, dev.os, dev.memory, dev.gpu
-    host = kfd.MEM_GTT | kfd.MEM_WRITABLE | kfd.MEM_COHERENT | kfd.MEM_UNCACHED
-    self.ring = mem.alloc(RING_PACKETS * PACKET_BYTES, g.gpu_id, host | kfd.MEM_AQL_QUEUE_MEM, cpu=True)
-    self.kernargs = mem.alloc(RING_PACKETS * KERNARG_SLOT, g.gpu_id, host, cpu=True)
-    self.ctl = mem.alloc(ctypes.sizeof(amd_queue_t), g.gpu_id, host, cpu=True)
-    self.eop = mem.alloc(EOP_BYTES, g.gpu_id, kfd.MEM_VRAM | kfd.MEM_WRITABLE)
-    ctl_stack, cwsr = cwsr_sizes(g)
-    self.cwsr = mem.alloc(cwsr, g.gpu_id, kfd.MEM_VRAM | kfd.MEM_WRITABLE)
-    for i in range(RING_PACKETS): u16.from_address(self.ring.va + i * PACKET_BYTES).value = TYPE_INVALID
-    self.q = amd_queue_t.from_address(self.ctl.va)
-    self.q.hsa_queue.type, self.q.hsa_queue.base_address, self.q.hsa_queue.size = QUEUE_TYPE_MULTI, self.ring.va, RING_PACKETS
-    self.q.read_dispatch_id_field_base_byte_offset = amd_queue_t.read_dispatch_id.offset
-    self.q.queue_properties = QUEUE_PROPERTIES_IS_PTR64
-    a = kfd.create_queue_args(ring_base_address=self.ring.va, ring_size=self.ring.size, gpu_id=g.gpu_id,
-                              queue_type=kfd.QUEUE_COMPUTE_AQL, queue_percentage=kfd.MAX_QUEUE_PERCENTAGE,
-                              queue_priority=kfd.NORMAL_QUEUE_PRIORITY,
-                              write_pointer_address=self.ctl.va + amd_queue_t.write_dispatch_id.offset,
-                              read_pointer_address=self.ctl.va + amd_queue_t.read_dispatch_id.offset,
-                              eop_buffer_address=self.eop.va, eop_buffer_size=EOP_BYTES,
-                              ctx_save_restore_address=self.cwsr.va, ctx_save_restore_size=cwsr, ctl_stack_size=ctl_stack)
-    os_.ioctl(dev.kfd_fd, kfd.CREATE_QUEUE, a)
+    self.dev, mem, g = dev, dev.memory, dev.gpu
+    self.sizes = s = queue_sizes(g)
+    with mem.transaction() as bos:
+      bos.append(ring := mem.alloc(RING_PACKETS * PACKET_BYTES, g.gpu_id, RING, cpu=True))
+      bos.append(kernargs := mem.alloc(RING_PACKETS * KERNARG_SLOT, g.gpu_id, HOST, cpu=True))
+      bos.append(ctl := mem.alloc(4096, g.gpu_id, HOST, cpu=True))
+      bos.append(eop := mem.alloc(s.eop, g.gpu_id, kfd.MEM_VRAM | kfd.MEM_WRITABLE))
+      bos.append(save := mem.alloc(s.total, g.gpu_id, SAVE_AREA, cpu=True))
+      self.ring, self.kernargs, self.ctl, self.eop, self.save_area = ring, kernargs, ctl, eop, save
+      self.error_reason = ctl.va + ERROR_REASON_OFFSET
+      for i in range(s.xcc):
+        ctypes.memmove(save.va + i * s.per_xcc, ctypes.byref(save_area_header_t(
+          DebugOffset=(s.xcc - i) * s.per_xcc, DebugSize=s.debug * s.xcc, ErrorReason=self.error_reason,
+          ErrorEventId=dev.signals.event_id)), ctypes.sizeof(save_area_header_t))
+      for i in range(RING_PACKETS): u16.from_address(ring.va + i * PACKET_BYTES).value = TYPE_INVALID
+      self.q = amd_queue_t.from_address(ctl.va)
+      self.q.hsa_queue.type, self.q.hsa_queue.base_address, self.q.hsa_queue.size = QUEUE_TYPE_MULTI, ring.va, RING_PACKETS
+      self.q.read_dispatch_id_field_base_byte_offset = amd_queue_t.read_dispatch_id.offset
+      self.q.queue_properties = QUEUE_PROPERTIES_IS_PTR64
+      a = kfd.create_queue_args(ring_base_address=ring.va, ring_size=ring.size, gpu_id=g.gpu_id,
+                                queue_type=kfd.QUEUE_COMPUTE_AQL, queue_percentage=kfd.MAX_QUEUE_PERCENTAGE,
+                                queue_priority=kfd.NORMAL_QUEUE_PRIORITY,
+                                write_pointer_address=ctl.va + amd_queue_t.write_dispatch_id.offset,
+                                read_pointer_address=ctl.va + amd_queue_t.read_dispatch_id.offset,
+                                eop_buffer_address=eop.va, eop_buffer_size=s.eop, ctx_save_restore_address=save.va,
+                                ctx_save_restore_size=s.per_xcc, ctl_stack_size=s.ctl_stack)
+      self.args = a
+      create_queue(dev, a, "compute queue")
+      self.chunk_done = [dev.signals.new() for _ in range(RING_PACKETS // CHUNK)]   # owned for the queue's life
+      self.bos = list(bos)
+    dev.signals.watch_errors(g.gpu_id, self.error_reason)
     self.queue_id, self.doorbell = a.queue_id, dev.doorbell(a.doorbell_offset)
-    self.last = None    # signal of the newest marker
+
+  def destroy(self): destroy_queue(self.dev, self.queue_id, self.bos)
 
   def _slot(self) -> int:
-    """The next packet index, once the ring has room for it."""
-    q = self.q
-    if q.write_dispatch_id - q.read_dispatch_id >= RING_PACKETS:
-      self.dev.signals.wait_until(lambda: q.write_dispatch_id - q.read_dispatch_id < RING_PACKETS, "room in the compute ring")
-    return q.write_dispatch_id
+    """The next packet index whose ring slot and kernel-argument slot are free: at a chunk's last slot
+    its completion marker goes in first; a chunk is entered once its marker of a lap ago completed."""
+    idx = self.q.write_dispatch_id
+    if idx % CHUNK == CHUNK - 1:
+      s = self.chunk_done[idx // CHUNK % len(self.chunk_done)]
+      self.dev.signals.reset(s)
+      self._publish(idx, barrier_and_packet_t(completion_signal=s), HEADER_FENCES | TYPE_BARRIER_AND)
+      idx += 1
+    if idx % CHUNK == 0 and idx >= RING_PACKETS:
+      self.dev.signals.wait(self.chunk_done[idx // CHUNK % len(self.chunk_done)], "the compute work of a ring's lap ago")
+    return idx
 
   def _publish(self, idx: int, packet, header: int, setup: int = 0):
     """Write the packet body, then header and setup in one 32-bit store, then the write id and the doorbell."""
@@ -98,12 +91,14 @@ class AqlQueue:
     self.dev.os.doorbell(self.doorbell, idx)
 
   def dispatch(self, kd_va: int, kernarg: bytes, groups: tuple, block: tuple, group_bytes: int, private_bytes: int):
-    idx = self._slot()
     if len(kernarg) > KERNARG_SLOT: raise kfd.AmdError(f"{len(kernarg)} bytes of kernel arguments (the slot holds {KERNARG_SLOT})")
+    grid = [n * b for n, b in zip(groups, block)]
+    if max(grid) >= 1 << 32: raise kfd.AmdError(f"a grid of {grid} work-items: each dimension must fit 32 bits")
+    idx = self._slot()
     ka = self.kernargs.va + (idx % RING_PACKETS) * KERNARG_SLOT
     ctypes.memmove(ka, kernarg, len(kernarg))
     p = dispatch_packet_t(workgroup_size_x=block[0], workgroup_size_y=block[1], workgroup_size_z=block[2],
-                          grid_size_x=groups[0] * block[0], grid_size_y=groups[1] * block[1], grid_size_z=groups[2] * block[2],
+                          grid_size_x=grid[0], grid_size_y=grid[1], grid_size_z=grid[2],
                           private_segment_size=private_bytes, group_segment_size=group_bytes, kernel_object=kd_va,
                           kernarg_address=ka)
     self._publish(idx, p, HEADER_FENCES | TYPE_KERNEL_DISPATCH, setup=3)
@@ -118,5 +113,3 @@ class AqlQueue:
     p = barrier_and_packet_t(completion_signal=signal)
     for i, d in enumerate(deps): p.dep_signal[i] = d
     self._publish(idx, p, HEADER_FENCES | TYPE_BARRIER_AND)
-
-  def idle(self) -> bool: return self.q.read_dispatch_id >= self.q.write_dispatch_id

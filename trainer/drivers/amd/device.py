@@ -8,7 +8,7 @@ import ctypes, os, struct
 from dataclasses import dataclass
 from . import kfd, topology
 from .aql import AqlQueue
-from .elf import CodeObject
+from .elf import CodeObject, CODE_ALIGN
 from .memory import Memory
 from .os_seam import PROT_READ, PROT_WRITE, MAP_SHARED, system
 from .sdma import SdmaQueue
@@ -16,7 +16,6 @@ from .signals import Signals
 
 KFD_PATH = "/dev/kfd"
 RENDER_PATH = "/dev/dri/renderD{minor}"
-CODE_ALIGN = 256             # bytes: alignment of the loaded image in its buffer (kernel code needs 256)
 VRAM = kfd.MEM_VRAM | kfd.MEM_WRITABLE
 CODE = kfd.MEM_VRAM | kfd.MEM_WRITABLE | kfd.MEM_EXECUTABLE
 HOST = kfd.MEM_GTT | kfd.MEM_WRITABLE | kfd.MEM_COHERENT | kfd.MEM_UNCACHED
@@ -30,25 +29,34 @@ class Process:
     v = os_.ioctl(self.kfd_fd, kfd.GET_VERSION, kfd.get_version_args())
     self.version = (v.major_version, v.minor_version)
     if v.major_version != kfd.MIN_MAJOR_VERSION: raise kfd.AmdError(f"KFD ioctl version {v.major_version}.{v.minor_version}: 1.x needed")
-    if v.minor_version >= kfd.RUNTIME_ENABLE_MINOR: os_.ioctl(self.kfd_fd, kfd.RUNTIME_ENABLE, kfd.runtime_enable_args())
-    self.gpus = topology.read_gpus(os_)
+    self.gpus = topology.usable(topology.read_gpus(os_))
     self.render_fds = {}
     for g in self.gpus:
       path = RENDER_PATH.format(minor=g.render_minor)
       self.render_fds[g.gpu_id] = fd = os_.open(path, os.O_RDWR | os.O_CLOEXEC)
       os_.ioctl(self.kfd_fd, kfd.ACQUIRE_VM, kfd.acquire_vm_args(drm_fd=fd, gpu_id=g.gpu_id))
+    if self.gpus and v.minor_version >= kfd.RUNTIME_ENABLE_MINOR:   # as ROCr: enabled (a zero mask disables), once the VMs exist
+      os_.ioctl(self.kfd_fd, kfd.RUNTIME_ENABLE, kfd.runtime_enable_args(mode_mask=kfd.RUNTIME_ENABLE_MODE_ENABLE))
     self.memory = Memory(os_, self.kfd_fd, self.render_fds)
     self.signals = Signals(os_, self.kfd_fd, self.memory, [g.gpu_id for g in self.gpus], self.drain) if self.gpus else None
     self.devices, self.doorbell_pages = {}, {}
 
   def device(self, index: int) -> Gpu:
-    if index >= len(self.gpus): raise kfd.AmdError(f"AMD:{index}: no such GPU (KFD lists {len(self.gpus)})")
-    if index not in self.devices: self.devices[index] = Gpu(self, self.gpus[index])
-    return self.devices[index]
+    """AMD:index, brought up on first use; a GPU that failed to come up fails again with the same error."""
+    if index >= len(self.gpus): raise kfd.AmdError(f"AMD:{index}: no such GPU (KFD lists {len(self.gpus)} this driver supports)")
+    if index not in self.devices:
+      try: self.devices[index] = Gpu(self, self.gpus[index])
+      except kfd.AmdError as e:
+        self.devices[index] = e
+        raise
+    d = self.devices[index]
+    if isinstance(d, Exception): raise d
+    return d
 
   def drain(self):
     """Wait until every queue of every GPU has finished what it was given."""
-    for d in self.devices.values(): d.drain()
+    for d in self.devices.values():
+      if isinstance(d, Gpu): d.drain()
 
 
 @dataclass
@@ -65,7 +73,11 @@ class Gpu:
     self.proc, self.gpu, self.os, self.kfd_fd = proc, gpu, proc.os, proc.kfd_fd
     self.memory, self.signals = proc.memory, proc.signals
     self.compute = AqlQueue(self)
-    self.copies = SdmaQueue(self)
+    try: self.copies = SdmaQueue(self)
+    except BaseException:
+      self.compute.destroy()
+      raise
+    self.drained = (self.signals.new(), self.signals.new())   # the markers `drain` waits for, owned
     self.code = []   # code object buffers, kept for the life of the GPU
 
   @property
@@ -83,21 +95,30 @@ class Gpu:
     return self.memory.alloc(nbytes, self.gpu.gpu_id, HOST if host else VRAM, cpu=host)
 
   def load(self, image: bytes) -> dict[str, Program]:
-    """Load a code object: its file first (so the descriptor address of a kernel can be resolved from
-    GPU memory alone, by a debugger or the simulator), then the image as loaded, relocated, 256-aligned.
-    The buffer is CPU-visible for the upload (system memory: large-BAR VRAM is not assumed)."""
+    """Load a code object into VRAM (ROCr's loader keeps a dGPU's code in local memory: the GPU's
+    instruction fetches never cross PCIe): its file first (so the descriptor address of a kernel can be
+    resolved from GPU memory alone, by a debugger or the simulator), then the image as loaded,
+    relocated, 256-aligned; written through a host buffer and an SDMA copy (the CPU does not map VRAM)."""
     co = CodeObject(image)
     if not co.target.endswith(self.gpu.target) and f"{self.gpu.target}:" not in co.target:
       raise kfd.AmdError(f"code object for {co.target} on a {self.gpu.target} GPU")
     base_off = -(-len(co.image) // CODE_ALIGN) * CODE_ALIGN
     img = co.loaded()
-    bo = self.memory.alloc(base_off + len(img), self.gpu.gpu_id, HOST | kfd.MEM_EXECUTABLE, cpu=True)
-    base = bo.va + base_off
-    for off, addend in co.relocations(): struct.pack_into("<Q", img, off, base + addend)
-    ctypes.memmove(bo.va, co.image, len(co.image))
-    ctypes.memmove(base, bytes(img), len(img))
+    size = base_off + len(img)
+    with self.memory.transaction() as bos:
+      bos.append(bo := self.memory.alloc(size, self.gpu.gpu_id, CODE))
+      staging = self.memory.alloc(size, self.gpu.gpu_id, HOST, cpu=True)
+      try:
+        for off, addend in co.relocations(): struct.pack_into("<Q", img, off, bo.va + base_off + addend)
+        ctypes.memmove(staging.va, co.image, len(co.image))
+        ctypes.memmove(staging.va + base_off, bytes(img), len(img))
+        self.copies.copy(bo.va, staging.va, size)
+        done = self.mark_copies()
+        self.signals.wait(done, "the upload of a code object")
+        self.signals.release(done)
+      finally: self.memory.free(staging)
     self.code.append(bo)
-    return {name: Program(self, name, base + k.kd_offset, k.meta) for name, k in co.kernels.items()}
+    return {name: Program(self, name, bo.va + base_off + k.kd_offset, k.meta) for name, k in co.kernels.items()}
 
   def launch(self, prog: Program, args: list[int], groups: tuple, block: tuple):
     """Dispatch prog with `args` (buffer addresses or integers, in the kernel's parameter order)."""
@@ -114,17 +135,22 @@ class Gpu:
       raise kfd.AmdError(f"{prog.name}: needs {m['.private_segment_fixed_size']} bytes of scratch per work-item; this driver sets up none")
     self.compute.dispatch(prog.kd_va, bytes(ka), groups, block, m[".group_segment_fixed_size"], m[".private_segment_fixed_size"])
 
-  # -- ordering: a signal completes when the work queued before it has finished
-  def mark_compute(self) -> int:
-    s = self.signals.new(); self.compute.barrier(signal=s); return s
+  # -- ordering: a signal completes when the work queued before it has finished; `interrupt`: a CPU will
+  # sleep on it (a signal only GPUs wait for raises no interrupt)
+  def mark_compute(self, interrupt: bool = True) -> int:
+    s = self.signals.new(interrupt); self.compute.barrier(signal=s); return s
 
-  def mark_copies(self) -> int:
-    s = self.signals.new(); self.copies.signal(s); self.copies.submit(); return s
+  def mark_copies(self, interrupt: bool = True) -> int:
+    s = self.signals.new(interrupt); self.copies.signal(s, interrupt); self.copies.submit(); return s
 
   def drain(self):
-    """Wait until both queues are idle (every packet given has run)."""
-    for q in (self.compute, self.copies):
-      self.signals.wait_until(q.idle, f"the {type(q).__name__} of {self.gpu.target} gpu_id {self.gpu.gpu_id}")
+    """Wait until both queues have finished every packet given: a marker on each, completed (read
+    pointers only say a packet was fetched or launched)."""
+    c, s = self.drained
+    for sig in (c, s): self.signals.reset(sig)
+    self.compute.barrier(signal=c)
+    self.copies.signal(s); self.copies.submit()
+    for sig, q in ((c, "compute"), (s, "SDMA")): self.signals.wait(sig, f"the {q} queue of {self.gpu.target} gpu_id {self.gpu.gpu_id}")
 
 
 def _hidden(kind: str, groups, block):

@@ -14,6 +14,9 @@ R_AMDGPU_RELATIVE64 = 13
 KD_BYTES = 64
 KD_WAVE32_BIT = 1 << 10          # kernel_code_properties: ENABLE_WAVEFRONT_SIZE32
 SOURCE_SYMBOL = "trainer_source"  # the kernel source our codegen embeds (codegen/amd.py)
+# the loader's layout (device.Gpu.load): the code object file at the start of its buffer, the loaded image
+# after it at this alignment (kernel code needs 256), so a descriptor address leads back to the file
+CODE_ALIGN = 256
 
 
 @dataclass

@@ -2,7 +2,7 @@
 choose, CPU-mapped at the same address where the CPU may touch them (CPU VA == GPU VA), and mapped
 into the page tables of one or several GPUs (MAP_MEMORY_TO_GPU: a peer mapping is one more gpu_id)."""
 from __future__ import annotations
-import ctypes, errno
+import contextlib, ctypes, errno
 from dataclasses import dataclass, field
 from . import kfd
 from .os_seam import PROT_NONE, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_NORESERVE
@@ -47,9 +47,24 @@ class Memory:
       err = kfd.OutOfDeviceMemory if e.errno == errno.ENOMEM else kfd.AmdError
       raise err(f"ALLOC_MEMORY_OF_GPU of {size} bytes of {kind} on gpu_id {gpu_id} failed: {e.strerror}") from None
     bo = Bo(va, size, a.handle, gpu_id, flags, (res, size + align), cpu)
-    if cpu: self.os.mmap(va, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.render_fds[gpu_id], a.mmap_offset)
-    self.map(bo, gpus or [gpu_id])
+    try:
+      if cpu:
+        try: self.os.mmap(va, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.render_fds[gpu_id], a.mmap_offset)
+        except OSError as e: raise kfd.AmdError(f"mmap of the {size}-byte buffer at {va:#x} (gpu_id {gpu_id}) for the CPU failed: {e.strerror}") from None
+      self.map(bo, gpus or [gpu_id])
+    except BaseException:   # the CPU or GPU mapping failed: give the buffer back
+      self.free(bo)
+      raise
     return bo
+
+  @contextlib.contextmanager
+  def transaction(self):
+    """A list to put buffers in: if the block raises, they are freed (newest first)."""
+    bos = []
+    try: yield bos
+    except BaseException:
+      for bo in reversed(bos): self.free(bo)
+      raise
 
   def map(self, bo: Bo, gpus):
     """Map bo into these GPUs' page tables too (those that have it already are skipped)."""
@@ -59,6 +74,7 @@ class Memory:
     a = kfd.map_memory_to_gpu_args(handle=bo.handle, device_ids_array_ptr=ctypes.addressof(ids), n_devices=len(new))
     try: self.os.ioctl(self.fd, kfd.MAP_MEMORY_TO_GPU, a)
     except OSError as e:
+      bo.mapped += new[:a.n_success]
       raise kfd.AmdError(f"MAP_MEMORY_TO_GPU of the buffer at {bo.va:#x} (on gpu_id {bo.gpu_id}) to gpu_ids {new} failed after "
                          f"{a.n_success} of them: {e.strerror} (is the peer reachable over XGMI or PCIe P2P?)") from None
     bo.mapped += new

@@ -10,7 +10,18 @@ MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-class LinuxOs:
+class Seam:
+  """What the driver calls on the OS. Subclasses supply the system calls: LinuxOs (the real kernel)
+  and sim.kernel.SimKernel (the simulated one), whose `sys_ioctl` is the kernel's side of an ioctl."""
+  def ioctl(self, fd: int, request: int, arg: ctypes.Structure) -> ctypes.Structure:
+    """The ioctl, restarted when a signal interrupts it (EINTR), as libhsakmt's kmtIoctl does: Python's
+    handlers are installed without SA_RESTART and PEP 475's retries cover os.* calls, not ctypes ones."""
+    while True:
+      try: return self.sys_ioctl(fd, request, arg)
+      except InterruptedError: continue
+
+
+class LinuxOs(Seam):
   """The real kernel: libc's ioctl and mmap through ctypes, sysfs through files."""
   def __init__(self):
     self.libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -22,7 +33,7 @@ class LinuxOs:
   def open(self, path: str, flags: int) -> int: return os.open(path, flags)
   def close(self, fd: int): os.close(fd)
 
-  def ioctl(self, fd: int, request: int, arg: ctypes.Structure) -> ctypes.Structure:
+  def sys_ioctl(self, fd: int, request: int, arg: ctypes.Structure) -> ctypes.Structure:
     """The ioctl on `arg` (a ctypes struct, filled in place); an error raises OSError with its errno."""
     if self.libc.ioctl(fd, request, ctypes.addressof(arg)) < 0:
       e = ctypes.get_errno()
@@ -51,8 +62,8 @@ _system = None
 
 
 def system():
-  """The process's OS object: the simulator when TRAINER_AMD_SIM names GPU kinds (e.g.
-  'gfx942,gfx942'), else the real kernel. One per process, as KFD state is per process."""
+  """The process's OS object: the simulator when TRAINER_AMD_SIM names GPU kinds or machines (e.g.
+  'gfx942,gfx942' or 'mi300x'), else the real kernel. One per process, as KFD state is per process."""
   global _system
   if _system is None:
     kinds = os.environ.get("TRAINER_AMD_SIM")

@@ -2,74 +2,35 @@
 (u64 slots in host memory), the doorbell written with the write pointer in bytes. Packet encodings
 follow the kernel's published SDMA packet headers (vega10_sdma_pkt_open.h for SDMA 4.x, as on
 gfx942/gfx950; sdma_v6_0_0_pkt_open.h for SDMA 6.0, gfx1100): tests/drivers checks each field.
-A packet never straddles the ring end: the tail is padded with one-dword NOPs."""
+A packet never straddles the ring end: the tail is padded with one-dword NOPs. The ring is executable
+host memory (the engine fetches packets with execute permission, as ROCr's blit kernel allocates it);
+the read and write pointers share one one-page buffer (KFD wants each in a one-page mapping)."""
 from __future__ import annotations
-import ctypes, struct
+import ctypes
 from . import kfd
+from .queue_setup import create_queue
+from .sdma_packets import packets_for
 
-OP_NOP, OP_COPY, OP_FENCE, OP_TRAP, OP_POLL_REGMEM, OP_TIMESTAMP = 0, 1, 5, 6, 8, 13
-SUBOP_COPY_LINEAR, SUBOP_TIMESTAMP_GET_GLOBAL = 0, 2
-COPY_MAX_BYTES = 1 << 22          # COPY_LINEAR count is 22 bits of (bytes - 1) in both encodings
-POLL_FUNC_EQUAL = 3               # POLL_REGMEM func: reference == (value & mask)
-POLL_INTERVAL = 10                # POLL_REGMEM poll interval (clock units of 16)
-POLL_RETRY_FOREVER = 0xFFF
-FENCE_MTYPE_UC = 3                # SDMA 6 FENCE mtype: uncached, so the CPU sees the write
-TRAP_CONTEXT_MASK = 0x0FFFFFFF
 RING_BYTES = 256 << 10
-
-
-class Sdma4:
-  """SDMA 4.x packets (4.4.2 on gfx942, 4.4.5 on gfx950)."""
-  version = 4
-  fence_header_extra = 0
-
-  def nop(self) -> bytes: return struct.pack("<I", OP_NOP)
-
-  def copy_linear(self, dst: int, src: int, nbytes: int) -> bytes:
-    assert 0 < nbytes <= COPY_MAX_BYTES
-    return struct.pack("<7I", OP_COPY | SUBOP_COPY_LINEAR << 8, nbytes - 1, 0, src & 0xFFFFFFFF, src >> 32, dst & 0xFFFFFFFF, dst >> 32)
-
-  def fence(self, addr: int, value: int) -> bytes:
-    assert addr % 4 == 0
-    return struct.pack("<4I", OP_FENCE | self.fence_header_extra, addr & 0xFFFFFFFF, addr >> 32, value & 0xFFFFFFFF)
-
-  def trap(self, context: int) -> bytes: return struct.pack("<2I", OP_TRAP, context & TRAP_CONTEXT_MASK)
-
-  def poll_equal(self, addr: int, value: int, mask: int = 0xFFFFFFFF) -> bytes:
-    """Wait until (dword at addr) & mask == value."""
-    assert addr % 4 == 0
-    return struct.pack("<6I", OP_POLL_REGMEM | POLL_FUNC_EQUAL << 28 | 1 << 31, addr & 0xFFFFFFFF, addr >> 32, value, mask,
-                       POLL_INTERVAL | POLL_RETRY_FOREVER << 16)
-
-  def timestamp(self, addr: int) -> bytes:
-    assert addr % 8 == 0
-    return struct.pack("<3I", OP_TIMESTAMP | SUBOP_TIMESTAMP_GET_GLOBAL << 8, addr & 0xFFFFFFFF, addr >> 32)
-
-
-class Sdma6(Sdma4):
-  """SDMA 6.0 packets (gfx1100): as 4.x, and a FENCE names its memory type."""
-  version = 6
-  fence_header_extra = FENCE_MTYPE_UC << 16
-
-
-def packets_for(sdma_version: tuple):
-  if sdma_version[0] == 4: return Sdma4()
-  if sdma_version[0] == 6: return Sdma6()
-  raise kfd.AmdError(f"SDMA {'.'.join(map(str, sdma_version))} is not supported (4.x and 6.0 are)")
+RING = kfd.MEM_GTT | kfd.MEM_WRITABLE | kfd.MEM_EXECUTABLE | kfd.MEM_COHERENT | kfd.MEM_UNCACHED
+HOST = kfd.MEM_GTT | kfd.MEM_WRITABLE | kfd.MEM_COHERENT | kfd.MEM_UNCACHED
+ROOM_POLL_MS = 1                  # a full ring raises no interrupt when room frees up: WAIT_EVENTS naps this long
 
 
 class SdmaQueue:
   def __init__(self, dev):
     self.dev, mem, g = dev, dev.memory, dev.gpu
-    host = kfd.MEM_GTT | kfd.MEM_WRITABLE | kfd.MEM_COHERENT | kfd.MEM_UNCACHED
     self.pk = packets_for(g.sdma_version)
-    self.ring = mem.alloc(RING_BYTES, g.gpu_id, host, cpu=True)
-    self.ptrs = mem.alloc(64, g.gpu_id, host, cpu=True)   # rptr at 0, wptr at 8
-    self.rptr, self.wptr = ctypes.c_uint64.from_address(self.ptrs.va), ctypes.c_uint64.from_address(self.ptrs.va + 8)
-    a = kfd.create_queue_args(ring_base_address=self.ring.va, ring_size=RING_BYTES, gpu_id=g.gpu_id, queue_type=kfd.QUEUE_SDMA,
-                              queue_percentage=kfd.MAX_QUEUE_PERCENTAGE, queue_priority=kfd.NORMAL_QUEUE_PRIORITY,
-                              write_pointer_address=self.ptrs.va + 8, read_pointer_address=self.ptrs.va)
-    dev.os.ioctl(dev.kfd_fd, kfd.CREATE_QUEUE, a)
+    with mem.transaction() as bos:
+      bos.append(ring := mem.alloc(RING_BYTES, g.gpu_id, RING, cpu=True))
+      bos.append(ptrs := mem.alloc(4096, g.gpu_id, HOST, cpu=True))   # rptr at 0, wptr at 8
+      self.ring, self.ptrs = ring, ptrs
+      self.rptr, self.wptr = ctypes.c_uint64.from_address(ptrs.va), ctypes.c_uint64.from_address(ptrs.va + 8)
+      a = kfd.create_queue_args(ring_base_address=ring.va, ring_size=RING_BYTES, gpu_id=g.gpu_id, queue_type=kfd.QUEUE_SDMA,
+                                queue_percentage=kfd.MAX_QUEUE_PERCENTAGE, queue_priority=kfd.NORMAL_QUEUE_PRIORITY,
+                                write_pointer_address=ptrs.va + 8, read_pointer_address=ptrs.va)
+      self.args = a
+      create_queue(dev, a, "SDMA queue")
     self.queue_id, self.doorbell = a.queue_id, dev.doorbell(a.doorbell_offset)
     self.pending = []
 
@@ -98,19 +59,17 @@ class SdmaQueue:
     if w + n - self.rptr.value > RING_BYTES:
       self.wptr.value = w
       self.dev.os.doorbell(self.doorbell, w)
-      self.dev.signals.wait_until(lambda: w + n - self.rptr.value <= RING_BYTES, "room in the SDMA ring")
+      self.dev.signals.wait_until(lambda: w + n - self.rptr.value <= RING_BYTES, "room in the SDMA ring", sleep_ms=ROOM_POLL_MS)
 
   def copy(self, dst: int, src: int, nbytes: int):
-    for off in range(0, nbytes, COPY_MAX_BYTES):
-      self.add(self.pk.copy_linear(dst + off, src + off, min(COPY_MAX_BYTES, nbytes - off)))
+    step = self.pk.copy_max
+    for off in range(0, nbytes, step):
+      self.add(self.pk.copy_linear(dst + off, src + off, min(step, nbytes - off)))
 
-  def signal(self, sig: int):
-    """Complete signal `sig` (value 0) after the work before, and wake sleepers (mailbox + trap)."""
+  def signal(self, sig: int, interrupt: bool = True):
+    """Complete signal `sig` (value 0) after the work before; with `interrupt`, wake sleepers (mailbox + trap)."""
     s = self.dev.signals
-    for p in (self.pk.fence(sig + 8, 0), self.pk.fence(sig + 12, 0), self.pk.fence(s.mailbox, s.event_id), self.pk.trap(s.event_id)):
-      self.add(p)
+    self.add(self.pk.fence(sig + 8, 0)); self.add(self.pk.fence(sig + 12, 0))
+    if interrupt: self.add(self.pk.fence(s.mailbox, s.event_id)); self.add(self.pk.trap(s.event_id))
 
   def wait(self, sig: int): self.add(self.pk.poll_equal(sig + 8, 0))
-
-  def idle(self) -> bool: return self.rptr.value >= self.wptr.value
-

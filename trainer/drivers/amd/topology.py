@@ -1,14 +1,22 @@
 """The KFD topology in sysfs: one node per agent (CPU nodes have gpu_id 0), each with a `properties`
 file of "key value" lines, memory banks and links; and the IP versions of each GPU (graphics core,
-SDMA) from the DRM device's ip_discovery tree, which the packet encodings depend on."""
+SDMA) from the DRM device's ip_discovery tree, which the packet encodings depend on.
+
+KFD lists every GPU node, an APU's or a desktop CPU's integrated GPU too (a Ryzen 7000's gfx1036 may be
+the first): `usable` keeps the targets this driver supports and, as ROCm does, the ones
+ROCR_VISIBLE_DEVICES names (indices among those, or GPU-<unique_id in hex> as rocminfo prints it)."""
 from __future__ import annotations
+import os
 from dataclasses import dataclass, field
+from .kfd import AmdError
 
 TOPOLOGY = "/sys/devices/virtual/kfd/kfd/topology/nodes"
 IP_DISCOVERY = "/sys/class/drm/renderD{minor}/device/ip_discovery/die/0/{hwid}/0"
 GC_HWID, SDMA0_HWID = 11, 42          # hardware ids of soc15_hw_ip.h: graphics core, SDMA engine 0
 HEAP_FB_PUBLIC, HEAP_FB_PRIVATE = 1, 2  # mem_banks heap_type of device memory (HSA_HEAPTYPE_FRAME_BUFFER_*)
 # IP versions by target where a kernel has no ip_discovery tree (older kernels): GC, SDMA
+SUPPORTED_TARGETS = ("gfx942", "gfx950", "gfx1100")   # what the codegen, the SDMA packets and the queue sizes know
+VISIBLE_ENV = "ROCR_VISIBLE_DEVICES"
 KNOWN_IPS = {"gfx942": ((9, 4, 3), (4, 4, 2)), "gfx950": ((9, 5, 0), (4, 4, 5)), "gfx1100": ((11, 0, 0), (6, 0, 0))}
 
 
@@ -80,3 +88,18 @@ def _ip_version(os_, g: Gpu, hwid: int, which: int) -> tuple:
     return tuple(int(os_.read_text(f"{path}/{k}").strip()) for k in ("major", "minor", "revision"))
   if g.target in KNOWN_IPS: return KNOWN_IPS[g.target][which]
   raise RuntimeError(f"GPU node {g.node} ({g.target}): no ip_discovery tree in sysfs and no known IP versions")
+
+
+def usable(gpus: list[Gpu], visible: str | None = None) -> list[Gpu]:
+  """The GPUs this driver runs on, in node order: supported targets, then those `visible` (default: the
+  ROCR_VISIBLE_DEVICES setting) names, in the order it names them."""
+  gpus = [g for g in gpus if g.target in SUPPORTED_TARGETS]
+  visible = os.environ.get(VISIBLE_ENV) if visible is None else visible
+  if not visible: return gpus
+  out = []
+  for item in (v.strip() for v in visible.split(",") if v.strip()):
+    if item.isdigit() and int(item) < len(gpus): out.append(gpus[int(item)])
+    elif item.startswith("GPU-") and any(f"{g.props.get('unique_id', 0):016x}" == item[4:].lower() for g in gpus):
+      out.append(next(g for g in gpus if f"{g.props.get('unique_id', 0):016x}" == item[4:].lower()))
+    else: raise AmdError(f"{VISIBLE_ENV}={visible}: {item!r} names none of the {len(gpus)} supported GPUs ({', '.join(g.target for g in gpus)})")
+  return out

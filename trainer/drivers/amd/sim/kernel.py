@@ -1,34 +1,31 @@
-"""The simulated KFD: the object the driver's OS seam talks to (os_seam.LinuxOs's methods) when
-TRAINER_AMD_SIM names GPU kinds. It answers the KFD ioctls as the kernel does (argument sizes,
-validation, errors as errno), backs each buffer object with host memory at the virtual address the
-driver chose (CPU VA == GPU VA, so a simulated GPU reads and writes the same bytes), keeps one page
-table per GPU (a buffer is reachable only from the GPUs it was mapped to), hands out doorbell pages,
-and runs the queues' engines when the driver sleeps in WAIT_EVENTS (queues in reverse order of
-creation, each as far as it can go, until none moves: work the driver did not order may run in an
-order it did not expect). Faults are delivered as KFD delivers them: a memory fault through the
-MEMORY event's data (address, gpu_id, NotPresent), a hang or a ring overflow as a HW_EXCEPTION."""
+"""The simulated KFD: the object behind the driver's OS seam (an os_seam.Seam, like the real
+kernel's LinuxOs) when TRAINER_AMD_SIM names GPU kinds or machines. It answers the KFD ioctls as
+the kernel does (argument sizes, validation, errors as errno): memory through memory.py (BOs,
+AQL_QUEUE_MEM, page tables with permissions, VRAM the CPU never mapped is PROT_NONE at its VA),
+CREATE_QUEUE through kfd_queue.py (the buffer checks of kfd_queue.c against the node's sizes), events
+as kfd_events.c handles them (a signal event fires from an interrupt only if its mailbox slot was
+written, the SDMA trap carries 28 bits of context), WAIT_EVENTS that can time out or (when asked)
+be interrupted with EINTR, and the RUNTIME_ENABLE state. Engines (engines.py) run when the driver
+rings a doorbell or sleeps in WAIT_EVENTS, queues in random order; `asynchronous` (the default)
+makes them run as the hardware does, read pointers ahead of completion. Faults are delivered as KFD
+delivers them: a memory fault through the MEMORY event's data (address, gpu_id, NotPresent /
+ReadOnly / NoExecute), a hang or a bad packet as a HW_EXCEPTION."""
 from __future__ import annotations
-import bisect, ctypes, errno, os
+import ctypes, errno, os, random
 from dataclasses import dataclass, field
 from .. import kfd
-from ..os_seam import LinuxOs, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS
-from . import sysfs
-from .engines import AqlEngine, SdmaEngine, SimFault
+from ..os_seam import Seam, MAP_FIXED
+from . import sysfs, kfd_queue
+from .memory import SimBo, PageTable, MemoryFault, reserve, host_free, protect, PROT_RW
+from .engines import AqlEngine, SdmaEngine, QueueError
 
 KFD_FD, RENDER_FD0 = 1000, 1100      # file descriptors the simulated device files get
 VERSION = (1, 14)
 PAGE = 4096
-
-
-@dataclass(eq=False)
-class SimBo:
-  handle: int
-  va: int
-  size: int
-  gpu_id: int
-  flags: int
-  mmap_offset: int
-  mapped: set = field(default_factory=set)
+UNSIGNALED_EVENT_SLOT = (1 << 64) - 1   # kfd_events.c: a signal slot nobody has written
+TICKS_PER_MS = 100                   # engine ticks per millisecond of a WAIT_EVENTS timeout (asynchronous)
+DOORBELL_TICKS = 2                   # most engine ticks a doorbell write lets pass (asynchronous)
+RUNTIME_ENABLE_MODE_ENABLE = 1       # KFD_RUNTIME_ENABLE_MODE_ENABLE_MASK
 
 
 @dataclass(eq=False)
@@ -36,32 +33,49 @@ class SimGpu:
   index: int
   gpu_id: int
   kind: str
-  wave: int
-  lds_bytes: int
+  props: dict
   vm: bool = False
-  starts: list = field(default_factory=list)   # page table: sorted BO starts ...
-  bos: list = field(default_factory=list)      # ... and the BOs
+  table: PageTable = None
+  sizes: dict = field(default_factory=dict)     # the node's queue sizes (kfd_queue.node_sizes)
+
+  @property
+  def wave(self) -> int: return self.props["wave_front_size"]
+  @property
+  def lds_bytes(self) -> int: return self.props["lds_size_in_kb"] * 1024
+  @property
+  def sdma_major(self) -> int: return sysfs.KINDS[self.kind]["ip"][1][0]
 
 
-class SimKernel:
-  def __init__(self, kinds: list[str], unreachable=()):
-    """kinds: one GPU kind per GPU (sysfs.KINDS); unreachable: pairs of GPU indices with no peer path."""
-    self.host = LinuxOs()
-    self.kinds, self.files = list(kinds), sysfs.tree(kinds)
+class SimKernel(Seam):
+  def __init__(self, kinds, unreachable=(), asynchronous: bool = True, old_kernel: bool = False, seed: int = 0,
+               eintr_every: int = 0):
+    """kinds: GPU kinds or machine names (sysfs.KINDS, sysfs.MACHINES); unreachable: pairs of GPU indices
+    with no peer path; old_kernel: nodes do not publish cwsr_size / ctl_stack_size; eintr_every: every
+    n-th WAIT_EVENTS is interrupted (EINTR)."""
+    self.kinds = sysfs.expand(kinds)
+    self.files = sysfs.tree(self.kinds, old_kernel)
     self.dirs = {os.path.dirname(p) for p in self.files}
     for p in list(self.dirs):
       while p and p != "/": p = os.path.dirname(p); self.dirs.add(p)
-    self.gpus = [SimGpu(i, sysfs.gpu_id(i), k, sysfs.KINDS[k]["wave_front_size"], sysfs.KINDS[k]["lds_size_in_kb"] * 1024)
-                 for i, k in enumerate(kinds)]
+    self.gpus = []
+    for i, k in enumerate(self.kinds):
+      props = sysfs.node_props(k, i, len(self.kinds), old_kernel)
+      gid = sysfs.gpu_id(i)
+      self.gpus.append(SimGpu(i, gid, k.split("-")[0], props, table=PageTable(gid), sizes=kfd_queue.node_sizes(props)))
     self.by_id = {g.gpu_id: g for g in self.gpus}
     self.unreachable = {frozenset(p) for p in unreachable}
+    self.asynchronous, self.rng, self.eintr_every = asynchronous, random.Random(seed), eintr_every
     self.bos, self.events, self.queues, self.doorbell_pages, self.open_fds = {}, {}, {}, {}, set()
-    self.next_handle, self.next_event, self.next_queue = 1, 1, 1
+    self.next_handle, self.next_queue, self.next_other_event = 1, 1, kfd.SIGNAL_EVENT_LIMIT
     self.event_page = None
-    self.memory_fault = None    # (gpu_id, va) not yet reported
+    self.memory_fault = None    # (gpu_id, va, failure kind) not yet reported
     self.hw_fault = None        # (gpu_id, reset cause, what)
-    self.stats = {"dispatches": 0, "sdma_bytes": 0}
-    self.handlers = {kfd.GET_VERSION: self._version, kfd.RUNTIME_ENABLE: lambda a: None, kfd.ACQUIRE_VM: self._acquire_vm,
+    self.runtime = None         # RUNTIME_ENABLE: None (never), or the number of VMs acquired when it was enabled
+    self.queue_log = []         # (gpu_id, create_queue_args as sent) of every queue made
+    self.reservations = {}      # address -> size of the process's anonymous mappings (the driver's VA reservations)
+    self.waits = 0
+    self.stats = {"dispatches": 0, "sdma_bytes": 0, "sdma_copies": 0, "wait_timeouts": 0, "interrupts": 0}
+    self.handlers = {kfd.GET_VERSION: self._version, kfd.RUNTIME_ENABLE: self._runtime_enable, kfd.ACQUIRE_VM: self._acquire_vm,
                      kfd.ALLOC_MEMORY_OF_GPU: self._alloc, kfd.FREE_MEMORY_OF_GPU: self._free, kfd.MAP_MEMORY_TO_GPU: self._map,
                      kfd.UNMAP_MEMORY_FROM_GPU: self._unmap, kfd.CREATE_QUEUE: self._create_queue,
                      kfd.DESTROY_QUEUE: self._destroy_queue, kfd.CREATE_EVENT: self._create_event,
@@ -87,7 +101,7 @@ class SimKernel:
   def exists(self, path: str) -> bool: return path in self.files or path in self.dirs
 
   # -- ioctl
-  def ioctl(self, fd: int, request: int, arg):
+  def sys_ioctl(self, fd: int, request: int, arg):
     if fd != KFD_FD or fd not in self.open_fds: raise OSError(errno.EBADF, "ioctl on a file that is not /dev/kfd")
     h = self.handlers.get(request)
     if h is None: raise OSError(errno.EINVAL, f"ioctl {request:#x}: not a KFD command the simulator knows")
@@ -100,6 +114,15 @@ class SimKernel:
     return self.by_id[gpu_id]
 
   def _version(self, a): a.major_version, a.minor_version = VERSION
+
+  def _runtime_enable(self, a):
+    """kfd_ioctl_runtime_enable: the ENABLE bit enables (EBUSY if enabled, EEXIST once queues exist); without it, disables."""
+    if not a.mode_mask & RUNTIME_ENABLE_MODE_ENABLE:
+      self.runtime = None
+      return
+    if self.runtime is not None: raise OSError(errno.EBUSY, "RUNTIME_ENABLE: the runtime is enabled already")
+    if self.queues: raise OSError(errno.EEXIST, "RUNTIME_ENABLE after queues were made")
+    self.runtime = sum(g.vm for g in self.gpus)
 
   def _acquire_vm(self, a):
     g = self._gpu(a.gpu_id)
@@ -114,8 +137,7 @@ class SimKernel:
     if a.va_addr % PAGE or a.size % PAGE or a.size == 0: raise OSError(errno.EINVAL, "ALLOC: address and size must be whole pages")
     if any(b.va < a.va_addr + a.size and a.va_addr < b.va + b.size for b in self.bos.values()):
       raise OSError(errno.EINVAL, "ALLOC: the range overlaps another buffer")
-    self.host.mmap(a.va_addr, a.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
-    bo = SimBo(self.next_handle, a.va_addr, a.size, a.gpu_id, a.flags, self.next_handle << 20)
+    bo = SimBo.create(self.next_handle, a.va_addr, a.size, a.gpu_id, a.flags)
     self.next_handle += 1
     self.bos[bo.handle] = bo
     a.handle, a.mmap_offset = bo.handle, bo.mmap_offset
@@ -127,6 +149,7 @@ class SimKernel:
   def _free(self, a):
     bo = self._bo(a.handle)
     if bo.mapped: raise OSError(errno.EBUSY, "FREE of a buffer still mapped to a GPU")
+    bo.release()
     del self.bos[bo.handle]
 
   def _ids(self, a) -> list[int]:
@@ -138,11 +161,11 @@ class SimKernel:
       g = self._gpu(gid)
       owner = self.by_id[bo.gpu_id]
       if not g.vm: raise OSError(errno.EINVAL, f"MAP to gpu_id {gid} before its ACQUIRE_VM")
-      if frozenset((g.index, owner.index)) in self.unreachable: raise OSError(errno.EINVAL, f"gpu_id {gid} cannot reach gpu_id {bo.gpu_id}")
+      if bo.flags & kfd.MEM_VRAM and frozenset((g.index, owner.index)) in self.unreachable:   # kfd_mem_attach: a peer's VRAM needs XGMI or P2P
+        raise OSError(errno.EINVAL, f"gpu_id {gid} cannot reach gpu_id {bo.gpu_id}'s VRAM")
       if gid not in bo.mapped:
         bo.mapped.add(gid)
-        i = bisect.bisect(g.starts, bo.va)
-        g.starts.insert(i, bo.va); g.bos.insert(i, bo)
+        g.table.add(bo)
       a.n_success += 1
 
   def _unmap(self, a):
@@ -151,17 +174,8 @@ class SimKernel:
       g = self._gpu(gid)
       if gid not in bo.mapped: raise OSError(errno.EINVAL, f"UNMAP from gpu_id {gid}, which does not map it")
       bo.mapped.discard(gid)
-      i = g.bos.index(bo)
-      del g.starts[i], g.bos[i]
+      g.table.remove(bo)
       a.n_success += 1
-
-  def check(self, gpu_id: int, va: int, n: int, what: str):
-    """Raise SimFault unless [va, va+n) lies in one buffer mapped on this GPU."""
-    g = self.by_id[gpu_id]
-    i = bisect.bisect(g.starts, va) - 1
-    if i < 0 or va + n > g.bos[i].va + g.bos[i].size:
-      raise SimFault(gpu_id, va, f"{what} at {va:#x} ({n} bytes) on gpu_id {gpu_id}: not mapped on this GPU")
-    return g.bos[i]
 
   def bo_at(self, va: int) -> SimBo:
     for b in self.bos.values():
@@ -170,18 +184,8 @@ class SimKernel:
 
   def _create_queue(self, a):
     g = self._gpu(a.gpu_id)
-    size = a.ring_size
-    if size < kfd.MIN_QUEUE_RING_SIZE or size & (size - 1): raise OSError(errno.EINVAL, "CREATE_QUEUE: ring size must be a power of two >= 1 KiB")
-    try:
-      self.check(g.gpu_id, a.ring_base_address, size, "the ring")
-      self.check(g.gpu_id, a.read_pointer_address, 8, "the read pointer")
-      self.check(g.gpu_id, a.write_pointer_address, 8, "the write pointer")
-      if a.queue_type == kfd.QUEUE_COMPUTE_AQL:
-        if a.eop_buffer_size == 0 or a.ctx_save_restore_size == 0 or a.ctl_stack_size >= a.ctx_save_restore_size:
-          raise OSError(errno.EINVAL, "CREATE_QUEUE: a compute queue needs an EOP buffer and a context save area")
-        self.check(g.gpu_id, a.eop_buffer_address, a.eop_buffer_size, "the EOP buffer")
-        self.check(g.gpu_id, a.ctx_save_restore_address, a.ctx_save_restore_size, "the context save area")
-    except SimFault as f: raise OSError(errno.EFAULT, str(f)) from None
+    ring_size = kfd_queue.check_arguments(a)
+    kfd_queue.acquire_buffers(g.table, g.props, g.sizes, a, ring_size)
     if a.queue_type == kfd.QUEUE_COMPUTE_AQL: eng = AqlEngine(self, g, a)
     elif a.queue_type == kfd.QUEUE_SDMA: eng = SdmaEngine(self, g, a)
     else: raise OSError(errno.EINVAL, f"CREATE_QUEUE: queue type {a.queue_type} is not simulated")
@@ -190,38 +194,81 @@ class SimKernel:
     a.doorbell_offset = kfd.MMAP_TYPE_DOORBELL | (g.gpu_id << kfd.MMAP_GPU_ID_SHIFT) | (slot * 8)
     eng.doorbell_slot = slot
     self.queues[a.queue_id] = eng
+    self.queue_log.append((g.gpu_id, type(a).from_buffer_copy(a)))
 
   def _destroy_queue(self, a):
     if a.queue_id not in self.queues: raise OSError(errno.EINVAL, f"no queue {a.queue_id}")
     del self.queues[a.queue_id]
+
+  # -- events (kfd_events.c)
+  def _slots(self):
+    return kfd.array_type(ctypes.c_uint64, self.event_page.backing // 8).from_address(self.event_page.alias)
 
   def _create_event(self, a):
     if a.event_type == kfd.EVENT_SIGNAL:
       if self.event_page is None:
         if not a.event_page_offset: raise OSError(errno.EINVAL, "the first signal event needs the event page")
         self.event_page = self._bo(a.event_page_offset)
-      slot = sum(1 for e in self.events.values() if e["type"] == kfd.EVENT_SIGNAL)
-      a.event_slot_index, a.event_trigger_data = slot, self.next_event
-    elif a.event_type not in (kfd.EVENT_MEMORY, kfd.EVENT_HW_EXCEPTION):
-      raise OSError(errno.EINVAL, f"event type {a.event_type} is not simulated")
-    a.event_id = self.next_event; self.next_event += 1
-    self.events[a.event_id] = {"type": a.event_type, "auto_reset": a.auto_reset, "signaled": False}
+      used = {e for e, ev in self.events.items() if ev["type"] == kfd.EVENT_SIGNAL}
+      eid = next(i for i in range(kfd.SIGNAL_EVENT_LIMIT + 1) if i not in used)   # idr_alloc from 0 (allocate_event_notification_slot)
+      if eid * 8 >= self.event_page.backing: raise OSError(errno.ENOSPC, "no signal slot left in the event page")
+      self._slots()[eid] = UNSIGNALED_EVENT_SLOT
+      a.event_slot_index = a.event_trigger_data = eid
+    elif a.event_type in (kfd.EVENT_MEMORY, kfd.EVENT_HW_EXCEPTION):   # ids above the signal range (create_other_event)
+      eid = self.next_other_event; self.next_other_event += 1
+    else: raise OSError(errno.EINVAL, f"event type {a.event_type} is not simulated")
+    a.event_id = eid
+    self.events[eid] = {"type": a.event_type, "auto_reset": a.auto_reset, "signaled": False}
 
-  def fire(self, event_id: int):
-    """An interrupt with this context id (the event id) arrived."""
-    if event_id in self.events: self.events[event_id]["signaled"] = True
+  def interrupt(self, context_id: int, valid_bits: int):
+    """kfd_signal_event_interrupt: the event whose id matches and whose slot was written fires (its slot
+    acknowledged); when none does, every signal event with a written slot does."""
+    self.stats["interrupts"] += 1
+    if self.event_page is None: return
+    slots = self._slots()
+    ids = range(context_id, kfd.SIGNAL_EVENT_LIMIT, 1 << valid_bits) if valid_bits < 32 else [context_id]
+    hit = next((i for i in ids if i < kfd.SIGNAL_EVENT_LIMIT and slots[i] != UNSIGNALED_EVENT_SLOT and i in self.events), None)
+    for i in ([hit] if hit is not None else [i for i, e in self.events.items() if e["type"] == kfd.EVENT_SIGNAL]):
+      if slots[i] != UNSIGNALED_EVENT_SLOT:
+        slots[i] = UNSIGNALED_EVENT_SLOT
+        self.events[i]["signaled"] = True
 
   def _wait_events(self, a):
-    progress = self.run_queues()
+    self.waits += 1
+    if self.eintr_every and self.waits % self.eintr_every == 0: raise OSError(errno.EINTR, "WAIT_EVENTS interrupted by a signal")
     data = kfd.array_type(kfd.event_data, a.num_events).from_address(a.events_ptr)
+    for d in data:
+      if d.event_id not in self.events: raise OSError(errno.EINVAL, f"WAIT_EVENTS on unknown event {d.event_id}")
+    moved_any = False
+    for _ in range(max(1, a.timeout) * TICKS_PER_MS if self.asynchronous else 1):
+      if self._report(data): break
+      moved = self.run()
+      moved_any |= moved
+      if not moved:
+        if self._report(data): break
+        if moved_any: return self._timeout(a)     # the work went as far as it goes; no event: the sleep runs out
+        stuck = [q.describe() for q in self.queues.values() if not q.idle()]   # nothing moved and nothing will: a hang
+        self.hw_fault = (self.gpus[0].gpu_id if not stuck else stuck[0][0], 0, "; ".join(s for _, s in stuck) or "nothing queued")
+        self._report(data)
+        break
+    else:
+      if not self._report(data): return self._timeout(a)
+    a.wait_result = kfd.WAIT_COMPLETE
+
+  def _timeout(self, a):
+    a.wait_result = kfd.WAIT_TIMEOUT
+    self.stats["wait_timeouts"] += 1
+
+  def _report(self, data) -> bool:
+    """Fill the event data of what happened (faults, signaled events); whether anything had."""
     hit = False
     for d in data:
-      ev = self.events.get(d.event_id)
-      if ev is None: raise OSError(errno.EINVAL, f"WAIT_EVENTS on unknown event {d.event_id}")
+      ev = self.events[d.event_id]
       if ev["type"] == kfd.EVENT_MEMORY and self.memory_fault:
-        gid, va = self.memory_fault
+        gid, va, kind = self.memory_fault
         m = d.memory_exception_data
-        m.gpu_id, m.va, m.failure.NotPresent = gid, va, 1
+        m.gpu_id, m.va = gid, va
+        setattr(m.failure, kind, 1)
         hit = True
       elif ev["type"] == kfd.EVENT_HW_EXCEPTION and self.hw_fault:
         h = d.hw_exception_data
@@ -230,49 +277,58 @@ class SimKernel:
       elif ev["signaled"]:
         hit = True
         if ev["auto_reset"]: ev["signaled"] = False
-    if not hit and not progress:   # nothing ran and nothing will: report the hang at once instead of sleeping
-      stuck = [q.describe() for q in self.queues.values() if not q.idle()]
-      self.hw_fault = (self.gpus[0].gpu_id if not stuck else stuck[0][0], 0, "; ".join(s for _, s in stuck) or "nothing queued")
-      for d in data:
-        if self.events[d.event_id]["type"] == kfd.EVENT_HW_EXCEPTION:
-          h = d.hw_exception_data
-          h.gpu_id, h.reset_type, h.reset_cause = self.hw_fault[0], 1, 0
-    a.wait_result = kfd.WAIT_COMPLETE
+    return hit
 
-  def run_queues(self) -> bool:
-    """Run every queue as far as it goes, again until none moves; whether any did."""
-    any_progress = False
+  def run(self) -> bool:
+    """Let the engines work: asynchronous, one step of each queue in random order; else every queue as
+    far as it goes, again until none moves. Whether any did."""
+    queues = [q for q in self.queues.values() if not q.halted]
+    self.rng.shuffle(queues)
+    any_moved = False
     while True:
       moved = False
-      for q in reversed(list(self.queues.values())):
+      for q in queues:
         if q.halted: continue
-        try: moved |= q.run()
-        except SimFault as f:
-          q.halted = str(f)
-          if f.va is not None: self.memory_fault = (f.gpu_id, f.va)
-          else: self.hw_fault = (f.gpu_id, 0, str(f))
-      any_progress |= moved
-      if not moved: return any_progress
+        try: moved |= q.step() if self.asynchronous else self._drain(q)
+        except MemoryFault as f:
+          q.halted, self.memory_fault = str(f), (f.gpu_id, f.va, f.kind)
+        except QueueError as f:
+          q.halted, self.hw_fault = str(f), (f.gpu_id, 0, str(f))
+      any_moved |= moved
+      if self.asynchronous or not moved: return any_moved
+
+  @staticmethod
+  def _drain(q) -> bool:
+    moved = False
+    while q.step(): moved = True
+    return moved
 
   # -- memory maps
   def mmap(self, addr: int, size: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
-    if fd == -1: return self.host.mmap(addr, size, prot, flags, fd, offset)
+    if fd == -1:
+      r = reserve(addr, size, prot, flags)
+      self.reservations[r] = size
+      return r
     if fd == KFD_FD:
       if offset & (3 << kfd.MMAP_TYPE_SHIFT) != kfd.MMAP_TYPE_DOORBELL or size != kfd.DOORBELL_PAGE_BYTES:
         raise OSError(errno.EINVAL, "mmap of /dev/kfd: only doorbell pages (8 KiB) are simulated")
       gid = (offset >> kfd.MMAP_GPU_ID_SHIFT) & 0xFFFF
-      g = self._gpu(gid)
+      self._gpu(gid)
       if gid not in self.doorbell_pages: self.doorbell_pages[gid] = (ctypes.c_uint64 * (kfd.DOORBELL_PAGE_BYTES // 8))()
       return ctypes.addressof(self.doorbell_pages[gid])
     g = next((g for g in self.gpus if RENDER_FD0 + g.index == fd), None)
     bo = next((b for b in self.bos.values() if b.mmap_offset == offset), None)
     if g is None or bo is None or bo.gpu_id != g.gpu_id: raise OSError(errno.EINVAL, f"mmap: no buffer at offset {offset:#x} of this render node")
-    if not flags & MAP_FIXED or addr != bo.va or size > bo.size: raise OSError(errno.EINVAL, "mmap of a buffer: at its own address, fixed")
-    return bo.va   # the backing memory is already there
+    if size > bo.backing: raise OSError(errno.EINVAL, f"mmap of {size} bytes of a buffer of {bo.backing} (drm_gem_mmap_obj)")
+    if not flags & MAP_FIXED or addr != bo.va: raise OSError(errno.EINVAL, "mmap of a buffer: at its own address, fixed")
+    protect(bo.va, bo.backing, PROT_RW)
+    bo.cpu = True
+    return bo.va
 
   def munmap(self, addr: int, size: int):
     if any(ctypes.addressof(p) == addr for p in self.doorbell_pages.values()): return
-    self.host.munmap(addr, size)
+    self.reservations.pop(addr, None)
+    host_free(addr, size)
 
   def doorbell(self, addr: int, value: int):
     ctypes.c_uint64.from_address(addr).value = value
@@ -280,6 +336,8 @@ class SimKernel:
       page = self.doorbell_pages.get(q.gpu.gpu_id)
       if page is not None and ctypes.addressof(page) + q.doorbell_slot * 8 == addr:
         try: q.ring(value)
-        except SimFault as f: q.halted, self.hw_fault = str(f), (f.gpu_id, 0, str(f))
+        except QueueError as f: q.halted, self.hw_fault = str(f), (f.gpu_id, 0, str(f))
+        if self.asynchronous:       # the GPU works while the CPU goes on
+          for _ in range(self.rng.randint(0, DOORBELL_TICKS)): self.run()
         return
     raise OSError(errno.EFAULT, f"a doorbell write to {addr:#x}, which is no queue's doorbell")
