@@ -7,7 +7,7 @@ the MLPerf bookkeeping; a resumed run appends to the same log and continues the 
 batches and random numbers, so its losses equal the uninterrupted run's.
 """
 from __future__ import annotations
-import dataclasses, math, os, secrets, sys, time
+import dataclasses, math, secrets, sys, time
 import numpy as np
 from tqdm import tqdm
 from .core import Tensor, jit, no_grad, precision
@@ -22,9 +22,8 @@ from .build import build_replica, build_optimizer, build_schedule, flops_per_sam
 from .page_cache import drop_page_cache, HOW as DROP_HOW
 from .parallel import Mesh
 from .parallel.data_parallel import DataParallel
-
-PEAK_FLOPS = {"CPU": 50e9 * (os.cpu_count() or 1), "CUDA": 989e12}   # per device, dense; CPU is an estimate
-
+from .peak import mesh_peak
+from .core.device import get_runtime
 
 class Run:
   def __init__(self, cfg, log_path: str, results_root: str | None, resume: str | None = None, progress=True):
@@ -171,7 +170,8 @@ class Run:
     """Train until the target, the sample cap, or (for tests) step number max_steps. True on success."""
     cfg, gb = self.cfg, self.cfg.train.global_batch_size
     flops = flops_per_sample(cfg)
-    peak = PEAK_FLOPS.get(cfg.mesh.device, 0) * cfg.mesh.dp * cfg.mesh.tp
+    peak = mesh_peak(cfg.mesh.device, get_runtime(self.devices[0]).device_name, cfg.mesh.dp * cfg.mesh.tp, cfg.train.precision.compute_dtype)
+    self.mfu = None   # the last step's model FLOP utilisation, when the model's FLOPs and the devices' peak are known
     success = False
     bar = tqdm(total=(cfg.train.max_samples // gb) if cfg.train.max_samples else int(cfg.train.max_epochs * cfg.steps_per_epoch),
                initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
@@ -193,8 +193,9 @@ class Run:
       if print_losses: print(f"step {self.step} loss {loss!r}", flush=True)
       now = time.perf_counter(); dt, t_last = now - t_last, now
       per_s = gb * self.task.tokens_per_sample / dt
+      if flops and peak: self.mfu = flops * gb / dt / peak
       bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {per_s:,.0f} {'tok' if cfg.family == 'llama' else 'img'}/s"
-                          + (f" MFU {flops * gb / dt / peak:.1%}" if flops and peak else ""), refresh=False)
+                          + (f" MFU {self.mfu:.1%}" if self.mfu is not None else ""), refresh=False)
       bar.update(1)
       if self._eval_due():
         pos = self._position()
@@ -220,4 +221,4 @@ class Run:
     self.log.close()
     if self.cfg.checkpoint.every_steps: self._save()
     if self.results_root is None: return None
-    return results_tree.record_run(self.cfg, self.log_path, self.results_root)
+    return results_tree.record_run(self.cfg, self.log_path, self.results_root, results_tree.accelerators(self.cfg))

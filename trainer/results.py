@@ -2,8 +2,11 @@
 
 Layout under a submission folder `root` (the layout `mlperf_logging.package_checker` reads):
 
-    root/results/<system>/<benchmark>/result_<i>.txt   one MLPerf log per run, i = 0, 1, ...
-    root/systems/<system>.json                         the system description
+    root/logs/<run>.log, <run>.log.json                 every run's MLPerf log, and for a finished benchmark run its
+                                                        record (benchmark, system, ruleset, the code's digest)
+    root/systems/<system>.json                         the system description, rewritten by each finished run
+    root/results/<system>/<benchmark>/result_<i>.txt   the runs to submit, chosen by `python -m trainer.submit root`
+    root/benchmarks/<benchmark>/implementations/<name>/  the code that ran them (the same command)
 
 `default_root(cfg)` is results/<submission_org>. The CPU recipes llama_tiny and resnet_tiny are smoke
 tests of the system, not benchmark results: their logs go to root/<recipe's benchmark>/result_<i>.txt
@@ -53,14 +56,50 @@ def result_folder(cfg, root):
     return os.path.join(root, cfg.benchmark)
 
 
-def record_run(cfg, log_path, root):
-    """File a finished run: its log as the next result_<i>.txt of result_folder(cfg, root) and, for a
-    benchmark, the system description (accelerators from cfg.mesh; none on the CPU). The result's path."""
-    path = write_result(log_path, result_folder(cfg, root))
-    if is_benchmark(cfg):
-        cpu = cfg.mesh.device == "CPU"
-        write_system_description(root, cfg, "" if cpu else cfg.mesh.device, 0 if cpu else cfg.mesh.dp * cfg.mesh.tp)
-    return path
+def record_run(cfg, log_path, root, accelerator=("", 0), nodes=1):
+    """File a finished run. A smoke test's log becomes the next result_<i>.txt of result_folder(cfg, root) (its path
+    is returned). A benchmark run's log stays in logs/ with its record beside it (what `python -m trainer.submit`
+    chooses from), and the system description is written: `accelerator` is (model name, count per node) as
+    `accelerators` reads them, `nodes` the number of hosts. Returns the log's path."""
+    if not is_benchmark(cfg):
+        return write_result(log_path, result_folder(cfg, root))
+    write_run_record(cfg, log_path)
+    write_system_description(root, cfg, *accelerator, nodes=nodes)
+    return log_path
+
+
+def accelerators(cfg):
+    """(model name, count) of the accelerators a host's mesh uses, the name as the runtime reports it
+    ('NVIDIA H200'); ('', 0) on the CPU, which the description lists as the host processor."""
+    if cfg.mesh.device == "CPU":
+        return "", 0
+    from .core.device import get_runtime
+    return get_runtime(f"{cfg.mesh.device}:0").device_name or cfg.mesh.device, cfg.mesh.dp * cfg.mesh.tp
+
+
+def write_run_record(cfg, log_path):
+    """<log>.json beside a benchmark run's log: what trainer.submit needs to choose it and to file its code."""
+    from .mlperf_log import ruleset
+    from .source import source_digest
+    record = {"benchmark": cfg.mlperf_benchmark, "system": cfg.mlperf.system, "ruleset": ruleset(cfg),
+              "source_digest": source_digest(), "recipe": cfg.recipe, **_git_commit()}
+    with open(log_path + ".json.tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(log_path + ".json.tmp", log_path + ".json")
+
+
+def _git_commit():
+    """{'commit': HEAD, 'dirty': uncommitted changes?} of the project's git checkout, {} outside one."""
+    import subprocess
+    from .source import project_root
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", project_root(), *a], capture_output=True, text=True, timeout=30)
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {}
+        return {"commit": head.stdout.strip(), "dirty": bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {}
 
 
 def write_result(log_path, folder):
@@ -79,11 +118,11 @@ def write_result(log_path, folder):
     raise RuntimeError(f"no free result_<i>.txt name in {folder}")
 
 
-def write_system_description(root, cfg, accelerator_model, accelerator_count, extra=None):
+def write_system_description(root, cfg, accelerator_model, accelerator_count, extra=None, nodes=1):
     """Write root/systems/<system>.json for cfg's mlperf section and this host; its path."""
     folder = os.path.join(root, "systems")
     os.makedirs(folder, exist_ok=True)
-    desc = system_description(cfg, accelerator_model, accelerator_count, root)
+    desc = system_description(cfg, accelerator_model, accelerator_count, root, nodes)
     desc.update(extra or {})
     path = os.path.join(folder, f"{cfg.mlperf.system}.json")
     with open(path + ".tmp", "w") as f:
@@ -93,8 +132,8 @@ def write_system_description(root, cfg, accelerator_model, accelerator_count, ex
     return path
 
 
-def system_description(cfg, accelerator_model, accelerator_count, storage_path="."):
-    """The system description fields, from cfg.mlperf, the caller's accelerators and the host
+def system_description(cfg, accelerator_model, accelerator_count, storage_path=".", nodes=1):
+    """The system description fields, from cfg.mlperf, the caller's accelerators (per node) and the host
     (storage capacity is that of the file system holding storage_path)."""
     m = cfg.mlperf
     cpu = cpu_facts()
@@ -103,7 +142,7 @@ def system_description(cfg, accelerator_model, accelerator_count, storage_path="
         "division": m.division,
         "status": _AVAILABILITY[m.status],
         "system_name": m.system,
-        "number_of_nodes": "1",
+        "number_of_nodes": str(nodes),
         "host_processors_per_node": str(cpu["sockets"]),
         "host_processor_model_name": cpu["model"],
         "host_processor_core_count": str(cpu["cores"]),

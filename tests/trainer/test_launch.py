@@ -59,22 +59,25 @@ SUBMISSION_LLAMA = SHRUNK_LLAMA + ["--set", "model.dim=16", "--set", "model.ffn_
 
 
 def test_llama31_8b_submission_folder_passes_the_package_checker(tmp_path):
-  """The 10 runs llama31_8b needs, made by launch.py's main on generated C4 into one submission folder: each log
-  passes the compliance checker, the folder passes the package checker but for its RCP verdict, and the result
-  summarizer reads a time to train off it (the README's "Submit MLPerf results" steps, in small)."""
+  """The 10 runs llama31_8b needs, made by launch.py's main on generated C4 into one submission folder with no --seed
+  (each draws its own), then `python -m trainer.submit`: each log passes the compliance checker, the folder the
+  package checker (its seed check included) but for its RCP verdict, and the result summarizer reads a time to
+  train off it (the README's "Submit MLPerf results" steps, in small)."""
   from trainer.cli import main
+  from trainer.submit import main as submit
   from trainer.data.tiny_corpus import build_markov_c4
   build_markov_c4(str(tmp_path / "c4"), vocab=32, seq_len=8192, train_samples=64, validation_samples=1024)
   sub = tmp_path / "sub"
-  for seed in range(1, 11):
-    assert main([os.path.join(ROOT, "recipes/llama31_8b.yaml"), *SUBMISSION_LLAMA, "--seed", str(seed), "--set", f"data.path={tmp_path}/c4",
-                 "--set", f"checkpoint.dir={tmp_path}/ck{seed}", "--results", str(sub)]) == 0
+  for run in range(10):
+    assert main([os.path.join(ROOT, "recipes/llama31_8b.yaml"), *SUBMISSION_LLAMA, "--set", f"data.path={tmp_path}/c4",
+                 "--set", f"checkpoint.dir={tmp_path}/ck{run}", "--results", str(sub)]) == 0
+  assert not (sub / "results").exists()          # runs only collect logs; the submit command files them
+  assert submit([str(sub)]) == 1                 # 1: the package checker reports the RCP failure below
   results = sub / "results" / "8xH200" / "llama31_8b"
   assert sorted(os.listdir(results)) == sorted(f"result_{i}.txt" for i in range(10))
-  log = tmp_path / "package_checker.log"
-  subprocess.run([sys.executable, "-m", "mlperf_logging.package_checker", str(sub), "training", "6.1.0", "--log_output", str(log)],
-                 capture_output=True, text=True, timeout=300)
-  lines = log.read_text().splitlines()
+  impl = sub / "benchmarks" / "llama31_8b" / "implementations" / "trainer"
+  assert (impl / "README.md").exists() and (impl / "trainer" / "loop.py").read_bytes() == open(os.path.join(ROOT, "trainer/loop.py"), "rb").read()
+  lines = (sub / "package_checker.log").read_text().splitlines()
   assert "System description checker passed for 8xH200" in " ".join(lines)
   assert sum("Running compliance on file" in l for l in lines) == 10
   assert [l for l in lines if l.startswith(("ERROR", "WARNING"))] == ["ERROR - RCP Test Failed: RCP found"], lines
@@ -102,7 +105,8 @@ def test_resnet_compliance_on_generated_jpegs(tmp_path):
            "--set", "train.precision.compute_dtype=float32",
            "--results", str(tmp_path / "sub"), "--no-progress"], tmp_path)
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-  check_log(str(tmp_path / "sub" / "results" / "8xH200" / "resnet" / "result_0.txt"), "4.0.0")
+  logs = sorted((tmp_path / "sub" / "logs").glob("*.log"))
+  check_log(str(logs[0]), "4.0.0")
 
 
 def test_kill_and_resume_gives_the_same_losses(tmp_path):

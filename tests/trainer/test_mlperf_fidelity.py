@@ -135,3 +135,38 @@ def test_evaluation_cadence_rounds_the_interval_up_to_whole_batches(tmp_path):
   run = Run(cfg, str(tmp_path / "log"), None, progress=False)
   run.init(); run.train(max_steps=7); run.log.close()
   assert [r["metadata"]["samples_count"] for r in logged(tmp_path / "log")["eval_start"]] == [48, 96]
+
+
+# ---- 13. the system description names the accelerator as its runtime does ----
+def test_the_accelerator_model_name_comes_from_the_runtime(monkeypatch):
+  from trainer import results
+  from trainer.core import device
+
+  class FakeRuntime:
+    device_name = "NVIDIA H200"
+  monkeypatch.setattr(device, "get_runtime", lambda name: FakeRuntime())
+  assert results.accelerators(load_config(LLAMA31)) == ("NVIDIA H200", 8)
+  assert results.accelerators(load_config(LLAMA31, ["mesh.device=CPU"])) == ("", 0)
+
+
+# ---- 16. MFU from the peak of the device that runs ----
+def test_peaks_come_from_the_device_that_runs(tmp_path):
+  from trainer.peak import gpu_peak, cpu_peak, GPU_PEAKS
+  assert gpu_peak("NVIDIA H200", "bfloat16") == 989.4e12 and gpu_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12
+  assert gpu_peak("NVIDIA H100 80GB HBM3", "float32") == 67e12 and gpu_peak("NVIDIA A100-SXM4-80GB", "float16") == 312e12
+  assert gpu_peak("AMD Instinct MI300X", "bfloat16") == 1307.4e12 and gpu_peak("AMD Radeon RX 7900 XTX", "bfloat16") == 122.8e12
+  assert gpu_peak("NVIDIA GeForce RTX 4090", "bfloat16") is None            # unknown: no MFU rather than a guess
+  assert all(src for *_, src in GPU_PEAKS)
+  info = tmp_path / "cpuinfo"
+  core = "processor\t: {i}\nmodel name\t: Test CPU\ncpu MHz\t\t: 2400.000\nphysical id\t: 0\ncore id\t\t: {c}\nflags\t\t: sse avx avx2 fma\n"
+  info.write_text("\n".join(core.format(i=i, c=i // 2) for i in range(4)))   # 2 cores with 2 threads each
+  assert cpu_peak(str(info), str(tmp_path / "none")) == 2 * 2.4e9 * 2 * 2 * 8
+
+
+def test_the_progress_bar_mfu_is_below_one_on_the_cpu(tmp_path):
+  from trainer.loop import Run
+  cfg = load_config(TINY, ["model.n_layers=1", "model.dim=64", "model.ffn_dim=128", "train.global_batch_size=8", "train.micro_batch_size=8",
+                           "data.seq_len=64", "model.max_seq_len=64", "eval.samples=8", f"checkpoint.dir={tmp_path}/ck"])
+  run = Run(cfg, str(tmp_path / "log"), None, progress=False)
+  run.init(); run.train(max_steps=4)
+  assert 0 < run.mfu < 1

@@ -42,9 +42,21 @@ def test_smoke_tests_stay_out_of_the_submission_tree(tmp_path):
         path = results.record_run(recipe(name), str(log), str(tmp_path / "sub"))
         assert path == str(tmp_path / "sub" / name / "result_0.txt")
     assert sorted(os.listdir(tmp_path / "sub")) == ["llama_tiny", "resnet_tiny"]
-    path = results.record_run(recipe("llama31_8b"), str(log), str(tmp_path / "sub"))
-    assert path == str(tmp_path / "sub" / "results" / "8xH200" / "llama31_8b" / "result_0.txt")
-    assert os.path.exists(tmp_path / "sub" / "systems" / "8xH200.json")
+
+
+def test_a_benchmark_run_keeps_its_log_with_a_record_for_the_submit_command(tmp_path):
+    """A finished benchmark run files no result itself (trainer.submit chooses them): its log gets a record beside it,
+    and the system description names the accelerators and the nodes."""
+    log = tmp_path / "logs" / "run.log"
+    os.makedirs(log.parent)
+    log.write_text(":::MLLOG {}\n")
+    path = results.record_run(recipe("llama31_8b"), str(log), str(tmp_path), ("NVIDIA H200", 8), nodes=2)
+    assert path == str(log) and not os.path.exists(tmp_path / "results")
+    record = json.loads((tmp_path / "logs" / "run.log.json").read_text())
+    assert record["benchmark"] == "llama31_8b" and record["system"] == "8xH200" and record["ruleset"] == "6.1.0"
+    assert len(record["source_digest"]) == 64
+    desc = json.loads((tmp_path / "systems" / "8xH200.json").read_text())
+    assert desc["accelerator_model_name"] == "NVIDIA H200" and desc["accelerators_per_node"] == "8" and desc["number_of_nodes"] == "2"
 
 
 def test_system_description_passes_checker(tmp_path):

@@ -43,6 +43,7 @@ MEMORY_LIMIT = int(os.environ.get("TRAINER_MEMORY_LIMIT", "0")) or None   # byte
 class Runtime:
   """What a backend provides. Handles are opaque to everything above this layer."""
   name: str
+  device_name = ""           # the device's model as its vendor names it ('NVIDIA H200', 'AMD Instinct MI300X'), '' if unknown
   in_use = peak_in_use = 0   # bytes of live Buffers (counted by Buffer), and the most ever
   def alloc(self, nbytes: int): raise NotImplementedError
   def free(self, handle): pass

@@ -41,7 +41,7 @@ class AMDRuntime(Runtime):
   def __init__(self, name: str, index: int):
     self.name, self.index = name, index
     self.gpu = driver.process().device(index)
-    self.target = self.gpu.gpu.target
+    self.target, self.device_name = self.gpu.gpu.target, self.gpu.gpu.name
     self.staging = self.gpu.alloc(STAGING_BYTES, host=True)
     self.bos, self.starts, self.pool, self.pooled, self.sizes = {}, [], {}, 0, {}
     self.modules, self._accumulators = {}, {}

@@ -2,6 +2,7 @@
 buffers made under one CPU backend work under the other), freed arrays kept for reuse by size, and
 the collectives' primitives done at once (a copy is finished when it returns; there are no streams)."""
 from __future__ import annotations
+import functools
 import numpy as np
 from ..device import Runtime
 from ..dtypes import DType, dtypes, bf16_to_f32, f32_to_bf16
@@ -9,8 +10,17 @@ from ..dtypes import DType, dtypes, bf16_to_f32, f32_to_bf16
 POOL_BYTES = 1 << 30   # freed host buffers kept for reuse, per device
 
 
+@functools.cache
+def cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo ('' where it is not there)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  except OSError: return ""
+
+
 class HostRuntime(Runtime):
-  def __init__(self, name: str): self.name, self.pool, self.pooled = name, {}, 0
+  def __init__(self, name: str): self.name, self.pool, self.pooled, self.device_name = name, {}, 0, cpu_model()
 
   def alloc(self, nbytes):
     # reuse a freed buffer of the same size: fresh memory costs a page fault per 4 KiB on first touch

@@ -33,6 +33,12 @@ def gfx_name(version: int) -> str:
   return f"gfx{version // 10000}{version // 100 % 100:x}{version % 100:x}"
 
 
+# PCI device id -> marketing name, as libdrm's amdgpu.ids lists them (what ROCm reports), for the GPUs we target
+MARKETING_NAMES = {0x74A1: "AMD Instinct MI300X", 0x74B5: "AMD Instinct MI300X VF", 0x74A5: "AMD Instinct MI325X",
+                   0x75A0: "AMD Instinct MI350X", 0x75B0: "AMD Instinct MI350X VF", 0x75A3: "AMD Instinct MI355X",
+                   0x75B3: "AMD Instinct MI355X VF", 0x744C: "AMD Radeon RX 7900 XTX"}
+
+
 @dataclass
 class Gpu:
   node: int
@@ -45,6 +51,10 @@ class Gpu:
 
   @property
   def target(self) -> str: return gfx_name(self.props["gfx_target_version"])
+  @property
+  def name(self) -> str:
+    """The marketing name (libdrm's amdgpu.ids) of the node's PCI device id, else 'AMD <gfx target>'."""
+    return MARKETING_NAMES.get(self.props.get("device_id"), f"AMD {self.target}")
   @property
   def wave_size(self) -> int: return 64 if self.target.startswith("gfx9") else 32
   @property
