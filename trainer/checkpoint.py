@@ -8,7 +8,7 @@ read real bf16. `save_tensors` takes plain arrays (tagged with their own dtype) 
 
 `CheckpointManager` keeps a directory of checkpoints, one per step:
 
-    DIR/step_00001000/tensors.safetensors    (or tensors_rank<r>.safetensors, one per device shard)
+    DIR/step_00001000/tensors.safetensors    (or tensors_rank<h>.safetensors, one per host of a multi-host run)
     DIR/step_00001000/state.json             {"step": ..., "state": {RNG counter, data position, ...}}
     DIR/step_00001000/COMPLETE               JSON: size and sha256 of every other file
 
@@ -16,6 +16,10 @@ A checkpoint is written into a hidden temporary directory, every file and the di
 fsynced, and the directory is renamed into place, so a crash leaves either the whole checkpoint or
 none of it. `latest()` verifies the marker and checksums and falls back past torn or corrupted
 checkpoints with a warning. One manager writes to a directory at a time.
+
+On several hosts (a shared file system) every host writes its own tensors_rank<h>.safetensors into the same
+temporary directory; host 0 writes state.json and the marker only after every host has durably written its file
+and reported its size and checksum, then renames the directory: the checkpoint exists complete or not at all.
 """
 
 import hashlib
@@ -229,6 +233,13 @@ class Checkpoint:
         """Load the tensors of `rank` (None for an unsharded checkpoint)."""
         return load_tensors(self.tensor_path(rank))
 
+    def all_tensors(self) -> dict[str, TensorData]:
+        """Every rank's tensors in one dict (the ranks' names never collide)."""
+        out = {}
+        for rank in (range(self.ranks) if self.ranks is not None else [None]):
+            out.update(self.tensors(rank))
+        return out
+
 
 def verify_checkpoint(path) -> Checkpoint:
     """Check a checkpoint directory's marker, checksums, state JSON and safetensors headers."""
@@ -287,16 +298,17 @@ class CheckpointManager:
         return sorted((int(m.group(1)), os.path.join(self.directory, e)) for m, e in found)
 
     def save(self, step: int, tensors: Mapping[str, TensorLike] | Sequence[Mapping[str, TensorLike]],
-             state: Mapping[str, Any]) -> Checkpoint:
+             state: Mapping[str, Any], hosts=None) -> Checkpoint:
         """Atomically write checkpoint `step`, then prune to the newest `keep` complete ones.
 
         `tensors` is one dict for an unsharded run, or a list of dicts, one per rank, for a sharded
         run (tensors_rank<r>.safetensors). `state` is any JSON-able dict (RNG counter, data position,
-        MLPerf bookkeeping). Saving a step that exists replaces it.
+        MLPerf bookkeeping). Saving a step that exists replaces it. With `hosts` (parallel/hosts.py) of
+        more than one host, every host calls this with its own tensors dict (module docstring).
         """
-        state_json = json.dumps({"step": step, "state": dict(state)}, indent=1, sort_keys=True)
+        if hosts is not None and hosts.size > 1:
+            return self._save_hosts(step, tensors, state, hosts)
         os.makedirs(self.directory, exist_ok=True)
-        final = self.step_path(step)
         tmp = os.path.join(self.directory, f".tmp_step_{step:08d}_{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.mkdir(tmp)
@@ -306,10 +318,32 @@ class CheckpointManager:
             name = _tensor_file(rank)
             save_tensors(os.path.join(tmp, name), shard, {"step": str(step)})
             files[name] = _fsync_and_digest(os.path.join(tmp, name))
+        ranks = None if isinstance(tensors, Mapping) else len(shards)
+        return self._complete(tmp, step, state, files, ranks)
+
+    def _save_hosts(self, step, tensors, state, hosts) -> Checkpoint:
+        """The multi-host protocol: host 0 makes the temporary directory, each host writes and fsyncs its file and
+        reports its digest, host 0 completes the checkpoint, and every host waits for that."""
+        tmp = os.path.join(self.directory, f".tmp_step_{step:08d}_hosts")
+        if hosts.rank == 0:
+            os.makedirs(self.directory, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.mkdir(tmp)
+        hosts.barrier()
+        name = _tensor_file(hosts.rank)
+        save_tensors(os.path.join(tmp, name), tensors, {"step": str(step)})
+        files = dict(hosts.allgather((name, _fsync_and_digest(os.path.join(tmp, name)))))
+        done = self._complete(tmp, step, state, files, hosts.size) if hosts.rank == 0 else None
+        hosts.barrier()
+        return done or Checkpoint(self.step_path(step), step, dict(state), hosts.size)
+
+    def _complete(self, tmp, step, state, files, ranks) -> Checkpoint:
+        """state.json and the marker into tmp (whose tensor files are durable), then rename it into place."""
+        state_json = json.dumps({"step": step, "state": dict(state)}, indent=1, sort_keys=True)
+        final = self.step_path(step)
         with open(os.path.join(tmp, _STATE), "w") as f:
             f.write(state_json)
         files[_STATE] = _fsync_and_digest(os.path.join(tmp, _STATE))
-        ranks = None if isinstance(tensors, Mapping) else len(shards)
         with open(os.path.join(tmp, _MARKER), "w") as f:
             json.dump({"step": step, "ranks": ranks, "files": files}, f, indent=1, sort_keys=True)
             f.flush()

@@ -32,7 +32,7 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
                kind* poly_warmup (resnet only): warmup_epochs*, end_lr*, power (2), and exactly
                  one of decay_steps / decay_epochs (epochs are turned into steps)
   train*       global_batch_size*, micro_batch_size*, gradient_accumulation_steps (absent:
-               derived so that global = micro * mesh.dp * accumulation; present: must satisfy
+               derived so that global = micro * mesh.hosts * mesh.dp * accumulation; present: must satisfy
                it), seed (absent: drawn from the OS at the start of a run, logged, and kept by a
                resume), exactly one of max_samples / max_epochs (a cap on the run),
                precision with param_dtype (master weights and optimizer state), compute_dtype
@@ -47,7 +47,11 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
                (resnet, required) with offset_epochs (epochs trained before the first
                evaluation; 0, the default, means interval_epochs). Quality: llama log
                perplexity <= target, resnet top-1 >= target.
-  mesh         dp (1), tp (1), zero1 (false), device CPU|CUDA|AMD (CPU)
+  mesh         hosts (1: hosts of one MPI job, one process each), dp (1: data-parallel replicas per host),
+               tp (1: devices per replica, inside a host), zero1 (false: optimizer state sharded over all
+               hosts x dp replicas), device CPU|CUDA|AMD (CPU), timeout_s (300: a step, evaluation or
+               checkpoint that takes longer on several hosts ends the job), network_gbps (400: each host's
+               network bandwidth in Gb/s, for the dry run's projection)
   checkpoint   dir (checkpoints), every_steps (absent: never), keep (2), init_weights (a folder of
                Hugging Face safetensors, e.g. published Llama 3.1 weights, loaded before step 0)
   mlperf*      submission_org*, submission_platform*, division* closed|open,
@@ -231,10 +235,18 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
+    hosts: int = 1
     dp: int = 1
     tp: int = 1
     zero1: bool = False
     device: Literal["CPU", "CUDA", "AMD"] = "CPU"
+    timeout_s: float = 300.0
+    network_gbps: float = 400.0
+
+    @property
+    def replicas(self):
+        """Data-parallel replicas over all hosts."""
+        return self.hosts * self.dp
 
 
 @dataclass(frozen=True)
@@ -347,12 +359,12 @@ def apply_overrides(raw, overrides):
 
 
 def validate_mesh(cfg, n_devices_available):
-    """Check that this host can run cfg's mesh and that the batch splits over it."""
+    """Check that this host can run its part of cfg's mesh and that the batch splits over it."""
     mesh = cfg.mesh
     need = mesh.dp * mesh.tp
     if need > n_devices_available:
         raise ConfigError(
-            f"mesh dp={mesh.dp} x tp={mesh.tp} needs {need} {mesh.device} devices, "
+            f"mesh dp={mesh.dp} x tp={mesh.tp} needs {need} {mesh.device} devices{' on each host' if mesh.hosts > 1 else ''}, "
             f"but only {n_devices_available} are available")
     _check_batch_split(cfg.train, mesh)
 
@@ -477,20 +489,23 @@ def resolve_train(train, mesh):
     _positive("train.global_batch_size", train.global_batch_size)
     _positive("train.micro_batch_size", train.micro_batch_size)
     _positive("mesh.dp", mesh.dp)
+    _positive("mesh.hosts", mesh.hosts)
     _check_batch_split(train, mesh)
-    derived = train.global_batch_size // (train.micro_batch_size * mesh.dp)
+    derived = train.global_batch_size // (train.micro_batch_size * mesh.replicas)
     given = train.gradient_accumulation_steps
+    hosts = f"mesh.hosts * " if mesh.hosts > 1 else ""
     _require(given is None or given == derived,
-             f"train.global_batch_size ({train.global_batch_size}) must equal micro_batch_size * "
-             f"mesh.dp * gradient_accumulation_steps ({train.micro_batch_size} * {mesh.dp} * {given})")
+             f"train.global_batch_size ({train.global_batch_size}) must equal micro_batch_size * {hosts}"
+             f"mesh.dp * gradient_accumulation_steps ({train.micro_batch_size} * {f'{mesh.hosts} * ' if hosts else ''}{mesh.dp} * {given})")
     return dataclasses.replace(train, gradient_accumulation_steps=derived)
 
 
 def _check_batch_split(train, mesh):
-    per_step = train.micro_batch_size * mesh.dp
+    per_step = train.micro_batch_size * mesh.replicas
+    hosts = f"mesh.hosts * " if mesh.hosts > 1 else ""
     _require(train.global_batch_size % per_step == 0,
              f"train.global_batch_size ({train.global_batch_size}) is not divisible by "
-             f"mesh.dp * train.micro_batch_size ({mesh.dp} * {train.micro_batch_size} = {per_step})")
+             f"{hosts}mesh.dp * train.micro_batch_size ({f'{mesh.hosts} * ' if hosts else ''}{mesh.dp} * {train.micro_batch_size} = {per_step})")
 
 
 def _resolve_schedule(cfg):
@@ -656,6 +671,8 @@ def _validate_eval(cfg):
 
 def _validate_misc(cfg):
     _positive("mesh.tp", cfg.mesh.tp)
+    _positive("mesh.timeout_s", cfg.mesh.timeout_s)
+    _positive("mesh.network_gbps", cfg.mesh.network_gbps)
     if cfg.checkpoint.every_steps is not None:
         _positive("checkpoint.every_steps", cfg.checkpoint.every_steps)
     _positive("checkpoint.keep", cfg.checkpoint.keep)

@@ -40,7 +40,7 @@ def ruleset(cfg):
 
 
 class MLPerfLogger:
-    """Writes one run's MLPerf events for a validated Config to a file (and stdout if echo)."""
+    """Writes one run's MLPerf events for a validated Config to a file (and stdout if echo); path None writes nothing."""
 
     def __init__(self, cfg, path, echo=False):
         self.cfg = cfg
@@ -48,7 +48,7 @@ class MLPerfLogger:
         self._logger = logging.getLogger(f"{__name__}.{id(self)}")
         self._logger.propagate = False
         self._logger.setLevel(logging.INFO)
-        self._handlers = [logging.FileHandler(path, mode="a")]
+        self._handlers = [logging.FileHandler(path, mode="a")] if path is not None else []   # None: hosts other than 0 log nothing
         if echo:
             self._handlers.append(logging.StreamHandler(sys.stdout))
         for handler in self._handlers:

@@ -1,7 +1,9 @@
 """Whether a checkpoint fits the run that resumes from it, checked before the run starts.
 
-A checkpoint records what wrote it (`record(cfg)`: the benchmark, model, mesh, precision, global batch and
-optimizer); `check_record` refuses one written for another recipe or mesh, naming what differs. `check_layout`
+A checkpoint records what wrote it (`record(cfg)`: the benchmark, model, tensor parallelism, precision, global batch
+and optimizer); `check_record` refuses one written for another recipe or mesh, naming what differs. The hosts and
+data-parallel replicas may differ (with the same global batch: more accumulation on fewer hosts): the optimizer state
+is resharded (parallel/data_parallel.py); tensor-parallel shards cannot be. `check_layout`
 refuses tensors that are missing, unexpected, or of another shape or dtype than the run's own, and
 `naming(path)` makes every such error name the checkpoint file. Each is one CheckpointError, which the
 launcher prints as one line (exit code 2).
@@ -16,7 +18,7 @@ def record(cfg) -> dict:
   """What must match for a run to continue from a checkpoint (JSON-able)."""
   mesh = cfg.mesh
   return json.loads(json.dumps({
-    "benchmark": cfg.benchmark, "model": dataclasses.asdict(cfg.model), "mesh": {"dp": mesh.dp, "tp": mesh.tp, "zero1": mesh.zero1},
+    "benchmark": cfg.benchmark, "model": dataclasses.asdict(cfg.model), "mesh": {"tp": mesh.tp},
     "precision": dataclasses.asdict(cfg.train.precision), "global_batch_size": cfg.train.global_batch_size, "optimizer": cfg.optimizer.name}))
 
 

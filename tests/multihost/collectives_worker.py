@@ -7,7 +7,8 @@ from trainer.parallel import hosts as H
 from trainer.parallel import across_hosts as X
 
 G, n = int(sys.argv[1]), int(sys.argv[2])
-hosts = H.connect(int(sys.argv[3]))
+hosts = H.MPIHosts(60.0)
+assert hosts.size == int(sys.argv[3])
 h, nh = hosts.rank, hosts.size
 devices = [f"CPU:{d}" for d in range(G)]
 data = [[np.random.default_rng([host, d, n]).standard_normal(n).astype(np.float32) for d in range(G)] for host in range(nh)]

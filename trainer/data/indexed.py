@@ -55,9 +55,10 @@ def bin_path(prefix):
 class IndexedWriter:
     """Writes a dataset document by document; files appear atomically on a clean close.
 
-    Use as a context manager. Tokens go to `PREFIX.bin.tmp` and the index to `PREFIX.idx.tmp`;
+    Use as a context manager. Tokens go to `PREFIX.bin.tmp<pid>` and the index to `PREFIX.idx.tmp<pid>`;
     both are renamed into place only when the block exits without an exception, so readers
-    never see a half-written dataset.
+    never see a half-written dataset, and processes writing the same dataset at once (the hosts of a
+    run sharing a cache folder) do not write into each other's files.
     """
 
     def __init__(self, prefix, dtype=np.int32):
@@ -67,7 +68,8 @@ class IndexedWriter:
             raise ValueError(f"dtype {self.dtype} has no MMIDIDX code")
         self._lengths = []
         self._document_index = [0]
-        self._bin = open(bin_path(self.prefix) + ".tmp", "wb")
+        self._tmp = f".tmp{os.getpid()}"
+        self._bin = open(bin_path(self.prefix) + self._tmp, "wb")
 
     def add_document(self, tokens, sequence_lengths=None):
         """Append one document; `sequence_lengths` splits it into sequences (default: one)."""
@@ -91,19 +93,19 @@ class IndexedWriter:
         pointers = np.zeros(len(lengths), dtype="<i8")
         np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
         documents = np.asarray(self._document_index, dtype="<i8")
-        with open(idx_path(self.prefix) + ".tmp", "wb") as f:
+        with open(idx_path(self.prefix) + self._tmp, "wb") as f:
             code = CODE_OF_DTYPE[self.dtype]
             f.write(HEADER.pack(MAGIC, VERSION, code, len(lengths), len(documents)))
             f.write(lengths.tobytes())
             f.write(pointers.tobytes())
             f.write(documents.tobytes())
-        os.replace(bin_path(self.prefix) + ".tmp", bin_path(self.prefix))
-        os.replace(idx_path(self.prefix) + ".tmp", idx_path(self.prefix))
+        os.replace(bin_path(self.prefix) + self._tmp, bin_path(self.prefix))
+        os.replace(idx_path(self.prefix) + self._tmp, idx_path(self.prefix))
 
     def abort(self):
         """Drop everything written so far."""
         self._bin.close()
-        for path in (bin_path(self.prefix) + ".tmp", idx_path(self.prefix) + ".tmp"):
+        for path in (bin_path(self.prefix) + self._tmp, idx_path(self.prefix) + self._tmp):
             if os.path.exists(path):
                 os.remove(path)
 

@@ -61,10 +61,10 @@ def _start_build(folder):
 
 
 def _write_manifest(folder, manifest):
-    path = os.path.join(folder, MANIFEST)
-    with open(path + ".tmp", "w") as f:
+    path, tmp = os.path.join(folder, MANIFEST), os.path.join(folder, f"{MANIFEST}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 def stdlib_text_files():

@@ -2,7 +2,7 @@
 
 Between hosts everything goes over MPI (mpi4py): the rendezvous (MPI_Init through the launcher), control (barriers,
 broadcasts, agreed decisions), tear-down on failure, and the gradient data of the host layer (across_hosts.py).
-One host needs none of it: `connect(1)` returns `SingleHost` without importing mpi4py.
+One host needs none of it: `SingleHost` imports nothing (trainer.cli picks it when the launcher started one process).
 
 A run on several hosts must never leave a host waiting in a collective for one that is gone: every uncaught
 exception, in any thread, becomes one line on stderr naming the host and `MPI_Abort` with our exit code (2 bad
@@ -20,6 +20,7 @@ from concurrent.futures import Future
 import queue
 import numpy as np
 
+FAIL_GRACE_S = 1.0
 LAUNCH_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS")   # mpirun (Open MPI, MPICH), srun
 LAUNCH_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 
@@ -37,7 +38,7 @@ def launched() -> tuple[int, int]:
 
 
 class HostError(RuntimeError):
-  """A failure of the host layer (a watchdog timeout, a host that disagrees), in one line."""
+  """The MPI library cannot carry the host layer (one line)."""
 
 
 class SingleHost:
@@ -53,7 +54,6 @@ class SingleHost:
   def wait(self, f): return f.result()
   def watch(self, what: str, timeout_s: float): pass
   def arrived(self, what: str): pass
-  def fail(self, code: int, message: str): raise SystemExit(code)
   def close(self): pass
 
 
@@ -117,7 +117,9 @@ class MPIHosts:
 
   # ---- failure ----
   def fail(self, code: int, message: str):
-    """One line naming this host, then the whole job ends with `code`."""
+    """One line naming this host, then the whole job ends with `code`. Hosts other than 0 first give host 0 a moment:
+    when every host hits the same error, host 0's line is the one printed before the job ends."""
+    if self.rank != 0: time.sleep(FAIL_GRACE_S)
     sys.stderr.write(f"{message} (host {self.rank} of {self.size})\n"); sys.stderr.flush()
     self.MPI.COMM_WORLD.Abort(code)
 
@@ -203,19 +205,3 @@ def install_abort_hooks(hosts: MPIHosts):
     hosts.fail(exit_code(value), f"error: {kind.__name__}: {value}")
   sys.excepthook = report
   threading.excepthook = lambda args: report(args.exc_type, args.exc_value, args.exc_traceback)
-
-
-def connect(hosts: int, timeout_s: float = 300.0):
-  """The host layer for a recipe that asks for `hosts` hosts: SingleHost when it is 1 and this process was started
-  alone; else MPIHosts, after checking that the launcher started exactly `hosts` processes (a HostError otherwise,
-  raised on every process; host 0's is the one to print)."""
-  rank, size = launched()
-  if hosts == 1 and size == 1: return SingleHost()
-  if size != hosts:
-    raise HostError(f"the recipe's mesh.hosts is {hosts} but {size} processes were started" +
-                    (" (start one process per host: mpirun -n H, or srun --ntasks-per-node=1)" if size > 1 else
-                     " (start it with mpirun -n H or srun; MPI carries the run between hosts)"))
-  try:
-    return MPIHosts(timeout_s)
-  except ImportError:
-    raise HostError("mesh.hosts > 1 needs mpi4py and an MPI library: pip install -e '.[multihost]'") from None
