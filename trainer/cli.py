@@ -140,8 +140,9 @@ def agree(hosts, cfg, error):
   bad = lambda i: [h for h, v in enumerate(views) if v[i] != views[0][i]]
   for h, (e, _, _) in enumerate(views):
     if e: return e if h == 0 else (e[0], f"{e[1]} (on host {h})")
-  if bad(1): return 2, f"error: host{'s' * (len(bad(1)) > 1)} {', '.join(map(str, bad(1)))} got another recipe or other --set overrides than host 0"
-  if bad(2): return 2, f"error: host{'s' * (len(bad(2)) > 1)} {', '.join(map(str, bad(2)))} run other code than host 0 (the trainer's sources differ)"
+  hosts_ = lambda hs: f"host{'s' * (len(hs) > 1)} {', '.join(map(str, hs))}"
+  if bad(1): return 2, f"error: {hosts_(bad(1))} got another recipe or other --set overrides than host 0"
+  if bad(2): return 2, f"error: {hosts_(bad(2))} {'run' if len(bad(2)) > 1 else 'runs'} other code than host 0 (the trainer's sources differ)"
   token = hosts.bcast(secrets.token_hex(8) if hosts.rank == 0 else None)   # the checkpoint folder must be one shared folder
   probe = os.path.join(cfg.checkpoint.dir, f".hosts_{token}")
   if hosts.rank == 0:
@@ -152,8 +153,8 @@ def agree(hosts, cfg, error):
   hosts.barrier()
   if hosts.rank == 0: os.remove(probe)
   blind = [h for h, ok in enumerate(sees) if not ok]
-  if blind: return 2, (f"error: the checkpoint folder {cfg.checkpoint.dir} is not shared: host{'s' * (len(blind) > 1)} "
-                       f"{', '.join(map(str, blind))} cannot see host 0's files there (put it on a file system every host mounts)")
+  if blind: return 2, (f"error: the checkpoint folder {cfg.checkpoint.dir} is not shared: {hosts_(blind)} cannot see host 0's files "
+                       "there (put it on a file system every host mounts)")
   return None
 
 

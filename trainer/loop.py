@@ -30,7 +30,7 @@ from .parallel import Mesh
 from .parallel.data_parallel import DataParallel
 from .parallel.hosts import SingleHost
 from .peak import mesh_peak
-from .core.device import get_runtime
+from .core.device import get_runtime, OutOfMemoryError
 
 class Run:
   def __init__(self, cfg, log_path: str, results_root: str | None, resume: str | None = None, progress=True, hosts=None):
@@ -260,7 +260,7 @@ class Run:
     return results_tree.record_run(self.cfg, self.log_path, self.results_root, results_tree.accelerators(self.cfg), nodes=self.hosts.size)
 
 
-FAULT = "TRAINER_FAULT"   # tests only: "HOST:STEP:KIND", KIND raise | exit | kill | hang, before that step on that host
+FAULT = "TRAINER_FAULT"   # tests only: "HOST:STEP:KIND", KIND raise | oom | kill | hang, before that step on that host
 
 
 def inject_fault(host: int, step: int):
@@ -270,7 +270,8 @@ def inject_fault(host: int, step: int):
   where, at, kind = spec.split(":")
   if (int(where), int(at)) != (host, step): return
   if kind == "raise": raise RuntimeError(f"injected fault at step {step}")
+  if kind == "oom": raise OutOfMemoryError(f"CPU:{host}", 1 << 30, 0, what="an injected fault")
   if kind == "kill": os.kill(os.getpid(), signal.SIGKILL)
   if kind == "hang":
     while True: time.sleep(1)
-  raise ValueError(f"{FAULT}: unknown kind {kind!r} (raise, kill, hang)")
+  raise ValueError(f"{FAULT}: unknown kind {kind!r} (raise, oom, kill, hang)")

@@ -13,9 +13,10 @@ with N each read the same samples (trainer.loop).
                               across hosts, then ring all-gather inside the host.
 
 Each is two items of the lazy graph, so that the exchanges of a step overlap each other and the device work: the
-first (`_Begin`) runs the local ring part, stages the chunks in host memory (CPU devices are host memory already)
-and hands the MPI part to the hosts' data thread (hosts.py); the second (`_End`) waits for it, which is the
-communication time left exposed, copies back and finishes locally. `exchange` realizes every begin of a list of
+first (`_Begin`) runs the local ring part and starts the cross-host part on the transport (`StagedMPI`: chunks
+staged in host memory, MPI on the hosts' data thread, hosts.py); the second (`_End`) waits for it, which is the
+communication time left exposed, and finishes locally. `StagedMPI` is the one place a GPU-direct transport (NCCL,
+RCCL) would plug in. `exchange` realizes every begin of a list of
 exchanges before any end, so while host 1 waits for the first tensor's all-reduce the later ones are staged.
 The two items are also what a JIT replay runs.
 
@@ -95,7 +96,7 @@ class _Exchange:
     self.scale = 1.0 / (n * H) if op == "mean" else None
     self.chunks = bounds(numel, n)                                      # the ring's chunks inside the host
     self.pieces = [bounds(hi - lo, H) for lo, hi in self.chunks]        # chunk d cut over the hosts
-    self.staged, self.future = None, None
+    self.pending = None                                                 # the transport's work in flight
 
   def begin_specs(self):
     """What the begin item leaves on each device: its ring chunk (for all_gather: this host's piece in its place)."""
@@ -105,31 +106,45 @@ class _Exchange:
     if self.kind == "reduce_scatter": return [(d, self.dtype, (p[self.hosts.rank][1] - p[self.hosts.rank][0],)) for d, p in zip(self.devices, self.pieces)]
     return [(d, self.dtype, (self.numel,)) for d in self.devices]
 
-  def stage(self, bufs) -> list[np.ndarray]:
-    """Host arrays of the begin item's outputs: the memory itself on CPU devices, else copies (the device synchronised)."""
-    out = []
-    for b in bufs:
-      v = _host_view(b, self.dtype.np)
-      out.append(v if v is not None else np.frombuffer(bytearray(b.runtime.copyout(b.handle, b.nbytes)), self.dtype.np))
-    return out
 
-  def mpi(self, staged: list[np.ndarray]):
-    """The MPI part for every local chunk, on the data thread: what each device's chunk becomes."""
-    H, kind, dt = self.hosts.size, self.kind, self.dtype
+class StagedMPI:
+  """The transport between hosts: how the chunks of an exchange cross them. This one (the only one so far) stages
+  each device's chunk in host memory (CPU devices are host memory already) and runs the MPI collective on the hosts'
+  data thread. A GPU-direct transport (NCCL or RCCL on the device buffers themselves, bootstrapped over the same MPI)
+  would implement the same two calls: `start` the cross-host part of an exchange on the begin item's chunk buffers,
+  `finish` it, leaving each device's result in the buffers given."""
+
+  def start(self, ex: _Exchange, chunks: list):
+    staged = [_host_view(b, ex.dtype.np) for b in chunks]
+    staged = [v if v is not None else np.frombuffer(bytearray(b.runtime.copyout(b.handle, b.nbytes)), ex.dtype.np)
+              for v, b in zip(staged, chunks)]
+    ex.pending = ex.hosts.submit(self._collectives(ex, staged))
+
+  def finish(self, ex: _Exchange, results: list):
+    """results: per device, the buffer for its chunk (all_reduce, all_gather) or its piece (reduce_scatter)."""
+    arrays, ex.pending = ex.hosts.wait(ex.pending), None
+    for b, arr in zip(results, arrays): _put(b, arr)
+
+  @staticmethod
+  def _collectives(ex: _Exchange, staged: list[np.ndarray]):
+    """The MPI calls of every local chunk, in device order, for the data thread: what each chunk becomes."""
+    H, MPI, dt = ex.hosts.size, ex.hosts.MPI, ex.dtype
     def run(comm):
-      results = []
+      out = []
       for d, arr in enumerate(staged):
-        counts = [b - a for a, b in self.pieces[d]]
-        if kind == "all_reduce":
-          comm.Allreduce(self.hosts.MPI.IN_PLACE, arr, op=_mpi_sum(self.hosts, dt)); _scale(arr, dt, self.scale); results.append(arr)
-        elif kind == "reduce_scatter":
-          mine = np.empty(counts[self.hosts.rank], dt.np)
-          comm.Reduce_scatter(arr, mine, recvcounts=counts, op=_mpi_sum(self.hosts, dt)); _scale(mine, dt, self.scale); results.append(mine)
+        counts = [b - a for a, b in ex.pieces[d]]
+        if ex.kind == "all_reduce":
+          comm.Allreduce(MPI.IN_PLACE, arr, op=_mpi_sum(ex.hosts, dt)); _scale(arr, dt, ex.scale); out.append(arr)
+        elif ex.kind == "reduce_scatter":
+          mine = np.empty(counts[ex.hosts.rank], dt.np)
+          comm.Reduce_scatter(arr, mine, recvcounts=counts, op=_mpi_sum(ex.hosts, dt)); _scale(mine, dt, ex.scale); out.append(mine)
         else:
-          displs = [a for a, _ in self.pieces[d]]
-          comm.Allgatherv(self.hosts.MPI.IN_PLACE, [arr, counts, displs, _mpi_type(self.hosts, dt)]); results.append(arr)
-      return results
+          comm.Allgatherv(MPI.IN_PLACE, [arr, counts, [a for a, _ in ex.pieces[d]], _mpi_type(ex.hosts, dt)]); out.append(arr)
+      return out
     return run
+
+
+TRANSPORT = StagedMPI()
 
 
 class _Begin:
@@ -145,24 +160,19 @@ class _Begin:
         lo = ex.pieces[d][ex.hosts.rank][0] * ex.dtype.itemsize
         i.runtime.copy_peer(o.runtime, o.runtime.view(o.handle, lo, i.nbytes), i.handle, i.nbytes)
     else: _local("reduce_scatter", ex.devices, ins, outs, ex.numel, ex.dtype)
-    ex.staged = ex.stage(outs)
-    ex.future = ex.hosts.submit(ex.mpi(ex.staged))
+    TRANSPORT.start(ex, outs)
 
 
 class _End:
-  """The second item: wait for the MPI part, bring the chunks back, finish inside the host."""
+  """The second item: wait for the transport, finish inside the host."""
   def __init__(self, ex: _Exchange): self.ex, self.outputs = ex, []
   def __repr__(self): return f"end {self.ex.kind} across {self.ex.hosts.size} hosts ({self.ex.numel} x {self.ex.dtype.name})"
   def out_specs(self): return self.ex.end_specs()
 
   def run(self, ins, outs):
     ex = self.ex
-    results = ex.hosts.wait(ex.future)
-    ex.future = ex.staged = None
-    if ex.kind == "reduce_scatter":
-      for b, r in zip(outs, results): _put(b, r)
-      return
-    for b, r in zip(ins, results): _put(b, r)   # the chunk (in the begin item's buffer, which nothing else reads)
+    if ex.kind == "reduce_scatter": return TRANSPORT.finish(ex, outs)
+    TRANSPORT.finish(ex, ins)   # the chunk, into the begin item's buffer (which nothing else reads)
     if ex.kind == "all_reduce": _local("all_gather", ex.devices, ins, outs, ex.numel, ex.dtype)
     else: _local("all_gather", ex.devices, ins, outs, ex.numel, ex.dtype, [hi - lo for lo, hi in ex.chunks])
 
