@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse, dataclasses, datetime, os, sys
 from .config import ConfigError, load_config, validate_mesh
 from .plan import param_count, plan_memory, with_capacity, refusal
+from .projection import projection
 from .parallel.hosts import HostError, MPIHosts, SingleHost, launched
 
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "llama_tiny.yaml")
@@ -24,6 +25,8 @@ def parse_args(argv):
   p.add_argument("--results", metavar="DIR", help="submission folder for results/ and systems/ (default: results/<submission_org>)")
   p.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
   p.add_argument("--dry-run", action="store_true", help="validate recipe, data and devices, print the plan, and exit")
+  p.add_argument("--step-time", type=float, metavar="SECONDS", help="--dry-run: a measured one-host step time for the multi-host projection")
+  p.add_argument("--mfu", type=float, default=0.40, help="--dry-run: the model FLOP utilisation the projection assumes without --step-time (0.40)")
   p.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)        # tests: stop at step N without finishing the run
   p.add_argument("--print-losses", action="store_true", help=argparse.SUPPRESS)   # tests: every step's loss, exactly
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -39,13 +42,13 @@ def available_devices(backend: str) -> tuple[int, str]:
     return 0, f"{type(e).__name__}: {e}"
 
 
-def plan(cfg) -> list[str]:
+def plan(cfg, step_time=None, mfu=0.40) -> list[str]:
   """The dry-run report: resolved config, sizes, memory per device, steps, and what is missing."""
   lines = [f"recipe {cfg.recipe}: benchmark {cfg.benchmark} ({cfg.mlperf.division} division)"]
   n, mesh, t = param_count(cfg), cfg.mesh, cfg.train
   p = t.precision
-  lines.append(f"model: {cfg.model.name}, {n / 1e6:,.1f}M parameters; mesh dp={mesh.dp} tp={mesh.tp} zero1={mesh.zero1} on {mesh.device}")
-  lines.append(f"step: micro-batch {t.micro_batch_size} x {t.gradient_accumulation_steps} accumulation x dp {mesh.dp}; recompute {t.recompute}; "
+  lines.append(f"model: {cfg.model.name}, {n / 1e6:,.1f}M parameters; mesh hosts={mesh.hosts} dp={mesh.dp} tp={mesh.tp} zero1={mesh.zero1} on {mesh.device}")
+  lines.append(f"step: micro-batch {t.micro_batch_size} x {t.gradient_accumulation_steps} accumulation x dp {mesh.dp}{f' x hosts {mesh.hosts}' if mesh.hosts > 1 else ''}; recompute {t.recompute}; "
                f"compute {p.compute_dtype}, master weights and moments {p.param_dtype}, gradients travel in {p.comm_dtype}")
   mem = with_capacity(cfg, plan_memory(cfg))
   lines += mem.lines()
@@ -53,6 +56,7 @@ def plan(cfg) -> list[str]:
   gb = cfg.train.global_batch_size
   if cfg.train.max_samples: lines.append(f"plan: up to {cfg.train.max_samples // gb:,} steps of {gb} samples (cap {cfg.train.max_samples:,} samples), eval every {cfg.eval_every_samples:,} samples on {cfg.eval.samples} samples, target {cfg.eval.target}")
   else: lines.append(f"plan: up to {cfg.train.max_epochs} epochs of {cfg.steps_per_epoch} steps at batch {gb}, eval every {cfg.eval.interval_epochs} epochs, target {cfg.eval.target}")
+  lines += projection(cfg, step_time, mfu)
   lines.append("config: " + repr(dataclasses.asdict(cfg)))
   missing = []
   have, why = available_devices(mesh.device)
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
   if size == 1:   # one process: one host, no MPI
     if error: return _say(error)
     if args.dry_run:
-      print("\n".join(plan(cfg))); return 0
+      print("\n".join(plan(cfg, args.step_time, args.mfu))); return 0
     if cfg.mesh.hosts > 1:
       return _say((2, f"error: the recipe's mesh.hosts is {cfg.mesh.hosts}: start one process per host with mpirun -n {cfg.mesh.hosts} "
                       f"or srun --ntasks-per-node=1 (README, Multi-host)"))
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
   except (ImportError, HostError) as e:
     return _say((2, f"error: {e if isinstance(e, HostError) else 'several processes need mpi4py and an MPI library: pip install -e .[multihost]'}")) if rank == 0 else 2
   if error is None and args.dry_run:
-    if hosts.rank == 0: print("\n".join(plan(cfg)))
+    if hosts.rank == 0: print("\n".join(plan(cfg, args.step_time, args.mfu)))
     hosts.close(); return 0
   if error is None and cfg.mesh.hosts != hosts.size:
     error = (2, f"error: the recipe's mesh.hosts is {cfg.mesh.hosts} but {hosts.size} processes were started (one per host)")

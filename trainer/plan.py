@@ -100,8 +100,8 @@ def plan_memory(cfg) -> MemoryPlan:
   t, p, mesh = cfg.train, cfg.train.precision, cfg.mesh
   c, pw, comm = SIZE[p.compute_dtype], SIZE[p.param_dtype], SIZE[p.comm_dtype]
   n, largest = _params_per_device(cfg)
-  zero1 = mesh.zero1 and mesh.dp > 1          # ZeRO-1 over a single replica is plain data parallelism
-  z = mesh.dp if zero1 else 1
+  zero1 = mesh.zero1 and mesh.replicas > 1    # ZeRO-1 over a single replica is plain data parallelism
+  z = mesh.replicas if zero1 else 1           # the optimizer state is sharded over every host's replicas
   moments = 2 if cfg.optimizer.name == "adamw" else 1
   accum = t.gradient_accumulation_steps > 1
   weights = n * c
