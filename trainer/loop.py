@@ -84,6 +84,7 @@ class Run:
     self.build_seconds = time.perf_counter() - t0
     self.schedule = build_schedule(cfg)
     self.step_fn = jit(self._step)
+    self.exposed_ms = []   # per step: milliseconds this host waited for the exchange across hosts (communication not hidden)
     self.eval_fn = jit(self._eval_step)
     self.step, self.samples, self.evals, self.block_open, self.precision_logged = 0, 0, [], False, False
     if self.resumed is not None: self._restore(self.resumed)
@@ -199,7 +200,6 @@ class Run:
     peak = mesh_peak(cfg.mesh.device, get_runtime(self.devices[0]).device_name, cfg.mesh.dp * cfg.mesh.tp, cfg.train.precision.compute_dtype)
     peak = peak * self.hosts.size if peak else None
     self.mfu = None   # the last step's model FLOP utilisation, when the model's FLOPs and the devices' peak are known
-    self.exposed_ms = []   # per step: milliseconds host 0 waited for the exchange across hosts (communication not hidden)
     success, h = False, self.hosts
     bar = tqdm(total=(cfg.train.max_samples // gb) if cfg.train.max_samples else int(cfg.train.max_epochs * cfg.steps_per_epoch),
                initial=self.step, disable=not (self.progress and self.lead), unit="step", dynamic_ncols=True)

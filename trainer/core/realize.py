@@ -52,8 +52,8 @@ def run_item(item):
 
 def _run_item(item):
   ins = [b.buffer for b in item.inputs]
-  if isinstance(item, CollectiveItem):
-    outs = [Buffer(d, math.prod(shape), dt) for d, dt, shape in item.plan.out_specs()]
+  if isinstance(item, CollectiveItem):   # a plan with `in_place` set writes its results into its inputs' buffers
+    outs = ins if getattr(item.plan, "in_place", False) else [Buffer(d, math.prod(shape), dt) for d, dt, shape in item.plan.out_specs()]
     item.plan.run(ins, outs)
     if capturing is not None: capturing.append(("collective", item.plan, ins + outs))
     return _become(item.outputs, outs)

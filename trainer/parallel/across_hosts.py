@@ -34,6 +34,8 @@ from .ring import RingCollective, bounds
 
 __all__ = ["all_reduce", "reduce_scatter", "all_gather", "zero1_bounds", "exchange"]
 
+MPI_PIECE = 16 << 20   # bytes: the largest MPI all-reduce issued at once (bench/multihost.py: larger ones ran 20% slower)
+
 
 def zero1_bounds(n: int, local: int, hosts: int) -> list[list[tuple[int, int]]]:
   """[host][device] -> the elements [lo, hi) of a flat tensor of n that global replica (host, device) owns under
@@ -97,6 +99,7 @@ class _Exchange:
     self.chunks = bounds(numel, n)                                      # the ring's chunks inside the host
     self.pieces = [bounds(hi - lo, H) for lo, hi in self.chunks]        # chunk d cut over the hosts
     self.pending = None                                                 # the transport's work in flight
+    self.direct = kind == "all_reduce" and n == 1                       # one device: no ring, MPI reads the input itself
 
   def begin_specs(self):
     """What the begin item leaves on each device: its ring chunk (for all_gather: this host's piece in its place)."""
@@ -114,10 +117,16 @@ class StagedMPI:
   would implement the same two calls: `start` the cross-host part of an exchange on the begin item's chunk buffers,
   `finish` it, leaving each device's result in the buffers given."""
 
-  def start(self, ex: _Exchange, chunks: list):
-    staged = [_host_view(b, ex.dtype.np) for b in chunks]
-    staged = [v if v is not None else np.frombuffer(bytearray(b.runtime.copyout(b.handle, b.nbytes)), ex.dtype.np)
-              for v, b in zip(staged, chunks)]
+  def start(self, ex: _Exchange, chunks: list, sources: list | None = None):
+    """sources (ex.direct): the inputs the chunks' results are computed from, instead of the chunks' own contents."""
+    host = lambda b: _host_view(b, ex.dtype.np)
+    if sources is not None and all(host(b) is not None for b in sources + chunks):   # host memory: MPI reads one, writes the other
+      ex.pending = ex.hosts.submit(self._collectives(ex, [host(b) for b in chunks], [host(b) for b in sources]))
+      return
+    staged = [np.frombuffer(bytearray(b.runtime.copyout(b.handle, b.nbytes)), ex.dtype.np) if host(b) is None else host(b)
+              for b in (sources or chunks)]
+    if sources is not None and any(host(b) is not None for b in chunks):   # a host source, a device result: stage a copy
+      staged = [a.copy() for a in staged]
     ex.pending = ex.hosts.submit(self._collectives(ex, staged))
 
   def finish(self, ex: _Exchange, results: list):
@@ -126,15 +135,19 @@ class StagedMPI:
     for b, arr in zip(results, arrays): _put(b, arr)
 
   @staticmethod
-  def _collectives(ex: _Exchange, staged: list[np.ndarray]):
-    """The MPI calls of every local chunk, in device order, for the data thread: what each chunk becomes."""
+  def _collectives(ex: _Exchange, staged: list[np.ndarray], sends: list | None = None):
+    """The MPI calls of every local chunk, in device order, for the data thread: what each chunk becomes (sends: an
+    all-reduce's inputs, when they are not the chunks themselves)."""
     H, MPI, dt = ex.hosts.size, ex.hosts.MPI, ex.dtype
     def run(comm):
       out = []
       for d, arr in enumerate(staged):
         counts = [b - a for a, b in ex.pieces[d]]
-        if ex.kind == "all_reduce":
-          comm.Allreduce(MPI.IN_PLACE, arr, op=_mpi_sum(ex.hosts, dt)); _scale(arr, dt, ex.scale); out.append(arr)
+        if ex.kind == "all_reduce":   # piece by piece: each piece's bytes are still in cache when MPI adds them
+          for lo in range(0, arr.size, MPI_PIECE // dt.itemsize):
+            hi = min(arr.size, lo + MPI_PIECE // dt.itemsize)
+            comm.Allreduce(sends[d][lo:hi] if sends else MPI.IN_PLACE, arr[lo:hi], op=_mpi_sum(ex.hosts, dt))
+          _scale(arr, dt, ex.scale); out.append(arr)
         elif ex.kind == "reduce_scatter":
           mine = np.empty(counts[ex.hosts.rank], dt.np)
           comm.Reduce_scatter(arr, mine, recvcounts=counts, op=_mpi_sum(ex.hosts, dt)); _scale(mine, dt, ex.scale); out.append(mine)
@@ -155,6 +168,7 @@ class _Begin:
 
   def run(self, ins, outs):
     ex = self.ex
+    if ex.direct: return TRANSPORT.start(ex, outs, ins)
     if ex.kind == "all_gather":   # this host's piece into its place in the chunk
       for d, (i, o) in enumerate(zip(ins, outs)):
         lo = ex.pieces[d][ex.hosts.rank][0] * ex.dtype.itemsize
@@ -164,14 +178,15 @@ class _Begin:
 
 
 class _End:
-  """The second item: wait for the transport, finish inside the host."""
-  def __init__(self, ex: _Exchange): self.ex, self.outputs = ex, []
+  """The second item: wait for the transport, finish inside the host. With one device per host the result is left in
+  the begin item's buffer (in_place: realize makes it this item's output), so nothing is copied."""
+  def __init__(self, ex: _Exchange): self.ex, self.outputs, self.in_place = ex, [], ex.direct
   def __repr__(self): return f"end {self.ex.kind} across {self.ex.hosts.size} hosts ({self.ex.numel} x {self.ex.dtype.name})"
   def out_specs(self): return self.ex.end_specs()
 
   def run(self, ins, outs):
     ex = self.ex
-    if ex.kind == "reduce_scatter": return TRANSPORT.finish(ex, outs)
+    if ex.kind == "reduce_scatter" or ex.direct: return TRANSPORT.finish(ex, outs)
     TRANSPORT.finish(ex, ins)   # the chunk, into the begin item's buffer (which nothing else reads)
     if ex.kind == "all_reduce": _local("all_gather", ex.devices, ins, outs, ex.numel, ex.dtype)
     else: _local("all_gather", ex.devices, ins, outs, ex.numel, ex.dtype, [hi - lo for lo, hi in ex.chunks])
