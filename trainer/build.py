@@ -47,9 +47,7 @@ def build_optimizer(cfg, params):
 def build_schedule(cfg):
   s, lr = cfg.schedule, cfg.optimizer.lr
   if s.kind == "cosine_warmup": return WarmupCosine(lr, s.warmup_steps, s.decay_steps, s.end_lr)
-  spe = cfg.steps_per_epoch
-  decay = s.decay_steps if s.decay_steps is not None else round(s.decay_epochs * spe)
-  return WarmupPolynomial(lr, round(s.warmup_epochs * spe), decay, s.end_lr, s.power)
+  return WarmupPolynomial(lr, round(s.warmup_epochs * cfg.steps_per_epoch), s.decay_steps, s.end_lr, s.power)
 
 
 def flops_per_sample(cfg) -> float:

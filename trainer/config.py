@@ -27,7 +27,8 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
                  warmup_steps (samples are turned into steps: ceil(samples / global batch));
                  decays over max_steps - warmup_steps
                kind* poly_warmup (resnet only): warmup_epochs*, end_lr*, power (2), and exactly
-                 one of decay_steps / decay_epochs (epochs are turned into steps)
+                 one of decay_steps / decay_epochs: the decay's length after the warmup, as the
+                 reference's lars_opt_learning_rate_decay_steps (epochs are turned into steps)
   train*       global_batch_size*, micro_batch_size*, gradient_accumulation_steps (absent:
                derived so that global = micro * mesh.dp * accumulation; present: must satisfy
                it), seed (0), exactly one of max_samples / max_epochs (a cap on the run),

@@ -54,7 +54,7 @@ def test_resnet_derived_values():
     assert cfg.steps_per_epoch == 392   # 1281167 // 3264: the loader drops the partial last batch
     assert cfg.target_reached(0.76) and not cfg.target_reached(0.75)
     tiny = load_config(os.path.join(RECIPE_DIR, "resnet_tiny.yaml"))
-    assert tiny.schedule.decay_steps == 10 * 32
+    assert tiny.schedule.decay_steps == 9 * 32   # the decay after the warmup epoch
 
 
 def test_config_is_frozen():
