@@ -130,3 +130,17 @@ def test_array_source_and_crop_boxes():
             left, top, right, bottom = random_resized_crop_box(width, height, rng)
             assert 0 <= left < right <= width and 0 <= top < bottom <= height
             assert (right - left) * (bottom - top) >= 0.07 * width * height
+
+
+def test_images_have_the_reference_channel_means_subtracted_and_no_std_division():
+    """The reference (image_classification/tensorflow2/imagenet_preprocessing.py, _mean_image_subtraction)
+    subtracts CHANNEL_MEANS (123.68, 116.78, 103.94) and divides by nothing: on the host and on the device."""
+    from trainer.config import load_config
+    from trainer.tasks import ImageTask
+    u8 = np.random.default_rng(5).integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)
+    want = (u8.astype(np.float64) - np.array([123.68, 116.78, 103.94])).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(normalize(u8), want, rtol=0, atol=1e-5)
+    recipe = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "resnet_tiny.yaml")
+    task = ImageTask(load_config(recipe, ["data.train_samples=640", "eval.samples=10"]), "CPU:0")
+    images, _ = task.to_device(u8, np.zeros(3, np.int32), "CPU:0")
+    np.testing.assert_allclose(images.numpy(), want, rtol=0, atol=1e-5)

@@ -1,7 +1,8 @@
 """Image decoding and the ResNet-50 ImageNet transforms, as pure functions on Pillow images.
 
-Outputs are uint8 HWC RGB arrays; normalisation to float (`normalize`) is left to the consumer
-so batches cross process and device boundaries at a quarter of the float32 size.
+Outputs are uint8 HWC RGB arrays; normalisation to float (`normalize`: the channel means
+subtracted, as the reference does) is left to the consumer so batches cross process and device
+boundaries at a quarter of the float32 size.
 
 - Training (MLPerf ResNet reference): random-resized crop covering 8%-100% of the area with
   aspect ratio 3/4-4/3 (ten tries, then a centred crop), resized to `size` x `size` bilinearly,
@@ -14,8 +15,9 @@ import math
 import numpy as np
 from PIL import Image
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+# RGB means the reference subtracts, with no division by a std (image_classification/tensorflow2/
+# imagenet_preprocessing.py, CHANNEL_MEANS and _mean_image_subtraction).
+CHANNEL_MEANS = np.array([123.68, 116.78, 103.94], np.float32)
 
 
 class ImageDecodeError(OSError):
@@ -81,5 +83,5 @@ def eval_transform(image, resize_size, crop_size):
 
 
 def normalize(images):
-    """uint8 NHWC batch -> float32 NCHW with the ImageNet mean and std per channel."""
-    return ((images.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
+    """uint8 NHWC batch -> float32 NCHW with the reference's channel means subtracted."""
+    return (images.astype(np.float32) - CHANNEL_MEANS).transpose(0, 3, 1, 2)
