@@ -13,7 +13,9 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
                  plain RoPE) with factor (8), low_freq_factor (1), high_freq_factor (4),
                  original_max_position (8192)
                name* resnet: variant* (resnet50: bottleneck blocks 3-4-6-3, widths 64..512;
-                 tiny: basic blocks, `blocks` and `widths` required), num_classes*
+                 tiny: basic blocks, `blocks` and `widths` required), num_classes*, bn_span
+                 (batch norm statistics over groups of this many samples, MLPerf's model_bn_span;
+                 must divide train.micro_batch_size; absent: the whole micro-batch)
   data*        kind* c4: path*, seq_len*, train_prefixes (c4-train.en_6_text_document),
                  validation_prefix (c4-validation-91205-samples.en_text_document)
                kind* bytes: seq_len*, cache_dir (absent: the data layer's default)
@@ -109,6 +111,7 @@ class ResNetModel:
     num_classes: int
     blocks: tuple[int, ...] = ()
     widths: tuple[int, ...] = ()
+    bn_span: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -578,6 +581,10 @@ def _validate_resnet(cfg):
         _require(len(m.blocks) > 0 and len(m.blocks) == len(m.widths),
                  "model variant tiny needs model.blocks and model.widths of the same, non-zero length")
         _require(all(b > 0 for b in m.blocks + m.widths), "model.blocks and model.widths must be > 0")
+    if m.bn_span is not None:
+        _positive("model.bn_span", m.bn_span)
+        _require(cfg.train.micro_batch_size % m.bn_span == 0,
+                 f"'model.bn_span' ({m.bn_span}) must divide train.micro_batch_size ({cfg.train.micro_batch_size})")
     _positive("data.image_size", cfg.data.image_size)
     if cfg.data.kind == "synthetic_images":
         _positive("data.train_samples", cfg.data.train_samples)

@@ -24,6 +24,7 @@ class ResNetConfig:
   num_classes: int = 1000
   zero_init_residual: bool = False
   dtype: str = "float32"
+  bn_span: int | None = None   # batch norm over groups of this many samples in training (None: the whole batch)
 
 
 RESNET50 = ResNetConfig()
@@ -45,12 +46,12 @@ def _conv(cin, cout, k, stride=1, padding=0, dtype=None, device=None) -> Conv2d:
 class Bottleneck(Module):
   def __init__(self, cin: int, width: int, stride: int, cfg: ResNetConfig, device=None):
     out = width * cfg.expansion
-    kw = dict(dtype=cfg.dtype, device=device)
-    self.conv1, self.bn1 = _conv(cin, width, 1, **kw), BatchNorm2d(width, **kw)
-    self.conv2, self.bn2 = _conv(width, width, 3, stride, 1, **kw), BatchNorm2d(width, **kw)
-    self.conv3, self.bn3 = _conv(width, out, 1, **kw), BatchNorm2d(out, **kw)
+    kw, bn = dict(dtype=cfg.dtype, device=device), dict(dtype=cfg.dtype, device=device, span=cfg.bn_span)
+    self.conv1, self.bn1 = _conv(cin, width, 1, **kw), BatchNorm2d(width, **bn)
+    self.conv2, self.bn2 = _conv(width, width, 3, stride, 1, **kw), BatchNorm2d(width, **bn)
+    self.conv3, self.bn3 = _conv(width, out, 1, **kw), BatchNorm2d(out, **bn)
     if cfg.zero_init_residual: self.bn3.weight.assign(self.bn3.weight.zeros_like()).realize()
-    self.downsample = [_conv(cin, out, 1, stride, **kw), BatchNorm2d(out, **kw)] if stride != 1 or cin != out else None
+    self.downsample = [_conv(cin, out, 1, stride, **kw), BatchNorm2d(out, **bn)] if stride != 1 or cin != out else None
 
   def forward(self, x: Tensor) -> Tensor:
     h = self.bn1(self.conv1(x)).relu()
@@ -65,7 +66,7 @@ class ResNet(Module):
   def __init__(self, cfg: ResNetConfig = RESNET50, device=None):
     self.config = cfg
     kw = dict(dtype=cfg.dtype, device=device)
-    self.conv1, self.bn1 = _conv(3, cfg.stem_width, 7, 2, 3, **kw), BatchNorm2d(cfg.stem_width, **kw)
+    self.conv1, self.bn1 = _conv(3, cfg.stem_width, 7, 2, 3, **kw), BatchNorm2d(cfg.stem_width, **kw, span=cfg.bn_span)
     cin = cfg.stem_width
     for i, (n, w) in enumerate(zip(cfg.layers, cfg.widths)):
       blocks = []
