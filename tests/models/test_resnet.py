@@ -159,3 +159,22 @@ def test_overfits_fixed_batch_with_jit(opt_name):
   assert int(m.bn1.num_batches_tracked.numpy()) == 60
   m.eval()
   assert (m(X).numpy().argmax(-1) == Y.numpy()).mean() >= 0.5   # eval mode (running stats): well above chance, not exact
+
+
+def test_init_is_the_references_he_normal_and_dense_normal():
+  """The reference (image_classification/tensorflow2/resnet_model.py): every conv kernel is Keras he_normal (a normal
+  truncated at 2 std whose std after truncation is sqrt(2 / fan_in), fan_in = in_channels * kh * kw), the fc1000 kernel
+  RandomNormal(stddev=0.01) with a zero bias."""
+  Tensor.manual_seed(1)
+  sd = ResNet(tiny_config(layers=(1, 1), widths=(32, 64), stem_width=32)).state_dict()
+  convs = {k: v.numpy().astype(np.float64) for k, v in sd.items() if v.ndim == 4}
+  for name, w in convs.items():
+    fan_in = np.prod(w.shape[1:])
+    std = np.sqrt(2.0 / fan_in)
+    assert np.abs(w).max() <= 2 * std / 0.87962566103423978 * (1 + 1e-6), name
+    if w.size >= 4096:
+      assert abs(w.std() / std - 1) < 0.05 and abs(w.mean()) < 5 * std / np.sqrt(w.size), (name, w.std(), std)
+  assert convs["layer2.0.conv3.weight"].shape[:2] == (256, 64)   # fan_in 64 != fan_out 256: the mode matters
+  fc = sd["fc.weight"].numpy().astype(np.float64)
+  assert abs(fc.std() / 0.01 - 1) < 0.05 and np.abs(fc).max() > 2.5 * 0.01   # untruncated
+  assert np.all(sd["fc.bias"].numpy() == 0)

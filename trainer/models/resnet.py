@@ -1,16 +1,16 @@
 """ResNet-50 v1.5 (torchvision names): the stride of a downsampling bottleneck is on its 3x3 conv.
 
-Init (stated choice): convs ~ kaiming normal, fan_out, ReLU gain (std sqrt(2 / (out_ch*kh*kw)), as
-torchvision and NVIDIA's MLPerf PyTorch code); BN gamma 1, beta 0; fc weight ~ normal(0, 0.01), bias 0
-(the MLPerf TF reference's final dense layer). The MLPerf reference model
-(mlcommons/training image_classification/tensorflow/official/resnet/resnet_model.py) keeps every BN
-gamma at 1, so `zero_init_residual` (gamma 0 on each block's last BN, as in Goyal et al. and
+Init, as the MLPerf TF2 reference (mlcommons/training image_classification/tensorflow2/resnet_model.py):
+every conv kernel Keras `he_normal` (a normal truncated at 2 std, its std after truncation
+sqrt(2 / fan_in), fan_in = in_ch*kh*kw: drawn std sqrt(2 / fan_in) / 0.8796...); BN gamma 1, beta 0;
+fc weight ~ normal(0, 0.01) untruncated (`RandomNormal(stddev=0.01)`), bias 0. The reference keeps every
+BN gamma at 1, so `zero_init_residual` (gamma 0 on each block's last BN, as in Goyal et al. and
 torchvision's option) defaults to False and can be switched on.
 """
 from __future__ import annotations
 import math
 from dataclasses import dataclass
-from ..core import Tensor
+from ..core import Tensor, random
 from ..nn import Module, Conv2d, BatchNorm2d, Linear
 from ..nn.module import materialize
 
@@ -37,9 +37,11 @@ def tiny_config(**kw) -> ResNetConfig:
 
 
 def _conv(cin, cout, k, stride=1, padding=0, dtype=None, device=None) -> Conv2d:
+  """A conv without bias, its kernel Keras he_normal (VarianceScaling(2, fan_in, truncated_normal))."""
   c = Conv2d(cin, cout, k, stride=stride, padding=padding, bias=False, dtype=dtype, device=device)
-  std = math.sqrt(2.0 / (cout * k * k))
-  c.weight = materialize((Tensor.randn(*c.weight.shape, device=device) * std).cast(c.weight.dtype), requires_grad=True)
+  std = math.sqrt(2.0 / (cin * k * k)) / random.TRUNCATED_NORMAL_STD
+  w = random.truncated_normal(c.weight.shape, "float32", device) * std
+  c.weight = materialize(w.cast(c.weight.dtype), requires_grad=True)
   return c
 
 
