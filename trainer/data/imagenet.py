@@ -141,10 +141,11 @@ class ImageLoader:
     ArrayImages source.
 
     `train=True`: shuffled every epoch, the reference's distorted-box crop (against the source's
-    object boxes) + flip to `image_size`, incomplete last batch dropped. `train=False`: file order, resize to `resize_size` + centre crop
-    `image_size`, last batch padded (zero images, label -1) so one pass of `batches_per_epoch`
-    batches covers every image exactly once. With `workers` > 0 a process pool decodes up to
-    `prefetch` batches ahead, each batch split over the workers; results keep batch order.
+    object boxes) + flip to `image_size`, incomplete last batch dropped. `train=False`: file
+    order, resize to `resize_size` + centre crop `image_size`, last batch padded (zero images,
+    label -1) so one pass of `batches_per_epoch` batches covers every image exactly once. With
+    `workers` > 0 a process pool decodes up to `prefetch` batches ahead, each batch split over the
+    workers; results keep batch order.
     `state_dict()` names the next batch to be returned; prefetched work is discarded on
     `load_state_dict()`.
     """
