@@ -21,7 +21,7 @@ def build_model(cfg, device: str):
                      rope_high_freq_factor=s.high_freq_factor if s else 4.0, rope_original_max_pos=s.original_max_position if s else m.max_seq_len)
     return Llama(lc, device=device)
   from .models.resnet import ResNet, ResNetConfig
-  rc = ResNetConfig(layers=tuple(m.blocks), widths=tuple(m.widths), num_classes=m.num_classes, dtype=dtype,
+  rc = ResNetConfig(layers=tuple(m.blocks), widths=tuple(m.widths), num_classes=m.num_classes, dtype=dtype, bn_span=m.bn_span,
                     **({} if m.variant == "resnet50" else {"stem_width": m.widths[0], "expansion": 2}))
   return ResNet(rc, device=device)
 
@@ -57,9 +57,7 @@ def build_optimizer(cfg, params, no_decay: set[str] = frozenset()):
 def build_schedule(cfg):
   s, lr = cfg.schedule, cfg.optimizer.lr
   if s.kind == "cosine_warmup": return WarmupCosine(lr, s.warmup_steps, s.decay_steps, s.end_lr)
-  spe = cfg.steps_per_epoch
-  decay = s.decay_steps if s.decay_steps is not None else round(s.decay_epochs * spe)
-  return WarmupPolynomial(lr, round(s.warmup_epochs * spe), decay, s.end_lr, s.power)
+  return WarmupPolynomial(lr, round(s.warmup_epochs * cfg.steps_per_epoch), s.decay_steps, s.end_lr, s.power)
 
 
 def flops_per_sample(cfg) -> float:

@@ -13,7 +13,9 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
                  plain RoPE) with factor (8), low_freq_factor (1), high_freq_factor (4),
                  original_max_position (8192)
                name* resnet: variant* (resnet50: bottleneck blocks 3-4-6-3, widths 64..512;
-                 tiny: basic blocks, `blocks` and `widths` required), num_classes*
+                 tiny: basic blocks, `blocks` and `widths` required), num_classes*, bn_span
+                 (batch norm statistics over groups of this many samples, MLPerf's model_bn_span;
+                 must divide train.micro_batch_size; absent: the whole micro-batch)
   data*        kind* c4: path*, seq_len*, train_prefixes (c4-train.en_6_text_document),
                  validation_prefix (c4-validation-91205-samples.en_text_document)
                kind* bytes: seq_len*, cache_dir (absent: the data layer's default)
@@ -30,7 +32,8 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
                  warmup_samples / warmup_steps (samples are turned into steps: ceil(samples /
                  global batch)); decays over max_steps - warmup_steps
                kind* poly_warmup (resnet only): warmup_epochs*, end_lr*, power (2), and exactly
-                 one of decay_steps / decay_epochs (epochs are turned into steps)
+                 one of decay_steps / decay_epochs: the decay's length after the warmup, as the
+                 reference's lars_opt_learning_rate_decay_steps (epochs are turned into steps)
   train*       global_batch_size*, micro_batch_size*, gradient_accumulation_steps (absent:
                derived so that global = micro * mesh.hosts * mesh.dp * accumulation; present: must satisfy
                it), seed (absent: drawn from the OS at the start of a run, logged, and kept by a
@@ -118,6 +121,7 @@ class ResNetModel:
     num_classes: int
     blocks: tuple[int, ...] = ()
     widths: tuple[int, ...] = ()
+    bn_span: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -610,6 +614,10 @@ def _validate_resnet(cfg):
         _require(len(m.blocks) > 0 and len(m.blocks) == len(m.widths),
                  "model variant tiny needs model.blocks and model.widths of the same, non-zero length")
         _require(all(b > 0 for b in m.blocks + m.widths), "model.blocks and model.widths must be > 0")
+    if m.bn_span is not None:
+        _positive("model.bn_span", m.bn_span)
+        _require(cfg.train.micro_batch_size % m.bn_span == 0,
+                 f"'model.bn_span' ({m.bn_span}) must divide train.micro_batch_size ({cfg.train.micro_batch_size})")
     _positive("data.image_size", cfg.data.image_size)
     if cfg.data.kind == "synthetic_images":
         _positive("data.train_samples", cfg.data.train_samples)

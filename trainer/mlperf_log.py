@@ -80,6 +80,8 @@ class MLPerfLogger:
             self._log("event", key, value)
         if cfg.family == "llama":
             self._log("event", C.MAX_SEQUENCE_LENGTH, cfg.data.seq_len)
+        else:   # samples per batch-norm statistic, logged whatever the optimizer (resnet_ctl_imagenet_main.py)
+            self._log("event", C.MODEL_BN_SPAN, cfg.model.bn_span or train.micro_batch_size)
         for key, value in self._optimizer().items():
             self._log("event", key, value)
 
@@ -171,8 +173,6 @@ class MLPerfLogger:
             keys.update({f"{p}_momentum": opt.momentum, f"{p}_weight_decay": opt.weight_decay})
         if opt.name == "lars":
             keys[C.LARS_EPSILON] = opt.eps
-        if opt.name == "sgd":
-            keys[C.MODEL_BN_SPAN] = self.cfg.train.micro_batch_size
         if opt.grad_clip_norm is not None:
             keys[C.OPT_GRADIENT_CLIP_NORM] = opt.grad_clip_norm
         keys[f"{p}_end_learning_rate"] = sched.end_lr

@@ -90,6 +90,7 @@ class ImageTask:
 
   def __init__(self, cfg, device: str, dp_rank=0, dp_size=1):
     from .data.imagenet import ImageFolder, ArrayImages, ImageLoader
+    from .data.image_transforms import CHANNEL_MEANS
     from .data.synthetic_images import synthetic_arrays
     self.cfg, self.device = cfg, device
     d = cfg.data
@@ -106,12 +107,12 @@ class ImageTask:
     self.val_size = size
     self.model = build_replica(cfg, [device])
     self.tokens_per_sample = 1
-    self.mean = Tensor(np.array([123.675, 116.28, 103.53], np.float32).reshape(1, 3, 1, 1), device=device)
-    self.inv_std = Tensor(1 / np.array([58.395, 57.12, 57.375], np.float32).reshape(1, 3, 1, 1), device=device)
+    self.mean = Tensor(CHANNEL_MEANS.reshape(1, 3, 1, 1), device=device)
 
   def _images(self, u8, device):
+    """uint8 NHWC -> float32 NCHW less the reference's channel means (no division by a std)."""
     x = Tensor(np.ascontiguousarray(u8.transpose(0, 3, 1, 2)), device=device, dtype=dtypes.float32)
-    return (x - self.mean.to(device)) * self.inv_std.to(device)
+    return x - self.mean.to(device)
 
   def next_batch(self):
     """The next global batch as host arrays (uint8 NHWC images, int32 labels)."""

@@ -55,3 +55,25 @@ def test_state_restore_continues_the_stream_and_slices_of_a_draw_are_the_draw():
   R.set_state(state)
   np.testing.assert_array_equal(Tensor.rand(6, 10).numpy(), full)
   assert R.draws >= 3
+
+
+def test_truncated_normal_is_the_normal_truncated_at_two():
+  """R.truncated_normal: standard normal values truncated to [-2, 2] (what TF's truncated_normal, behind Keras's
+  he_normal, draws). Checked against the float64 CDF (Phi(z) - Phi(-2)) / (Phi(2) - Phi(-2)) by the
+  Kolmogorov-Smirnov distance, the mean and std of that law, and the bound; the same seed gives the same values."""
+  import math
+  n = 100_000
+  Tensor.manual_seed(3)
+  z = R.truncated_normal((50, 2000), "float32", canonical(None)).numpy().astype(np.float64).ravel()
+  assert np.abs(z).max() <= 2.0 and np.abs(z).max() > 1.99
+  phi = np.vectorize(lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2))))
+  cdf = (phi(np.sort(z)) - phi(-2.0)) / (phi(2.0) - phi(-2.0))
+  ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+  assert ks < 1.63 / math.sqrt(n), ks                         # the 1% critical value
+  density = math.exp(-2) / math.sqrt(2 * math.pi)
+  std = math.sqrt(1 - 4 * density / math.erf(math.sqrt(2)))  # 0.8796...: Keras's divisor for he_normal
+  assert math.isclose(R.TRUNCATED_NORMAL_STD, std, rel_tol=1e-15)
+  assert abs(z.mean()) < 4 * std / math.sqrt(n)
+  assert abs(z.std() / std - 1) < 0.01
+  Tensor.manual_seed(3)
+  np.testing.assert_array_equal(R.truncated_normal((50, 2000), "float32", canonical(None)).numpy().ravel(), z.astype(np.float32))

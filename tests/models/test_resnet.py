@@ -18,15 +18,19 @@ def np_conv(x, w, stride=1, pad=0):
   return out
 
 
-def np_bn(x, W, p, train, stats):
+def np_bn(x, W, p, train, stats, span=None):
+  """Batch norm; in training over groups of `span` samples (the whole batch when None)."""
   g, b = W[p + ".weight"][None, :, None, None], W[p + ".bias"][None, :, None, None]
-  if train:
-    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
-    n = x.shape[0] * x.shape[2] * x.shape[3]
-    stats[p] = (0.9 * W[p + ".running_mean"] + 0.1 * mean, 0.9 * W[p + ".running_var"] + 0.1 * var * n / (n - 1))
-  else:
+  if not train:
     mean, var = W[p + ".running_mean"], W[p + ".running_var"]
-  return (x - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5) * g + b
+    return (x - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5) * g + b
+  N, C, H, Wd = x.shape
+  span = span or N
+  xg = x.reshape(N // span, span, C, H, Wd)
+  mean, var = xg.mean((1, 3, 4), keepdims=True), xg.var((1, 3, 4), keepdims=True)
+  n = span * H * Wd
+  stats[p] = (0.9 * W[p + ".running_mean"] + 0.1 * mean.mean(0).ravel(), 0.9 * W[p + ".running_var"] + 0.1 * var.mean(0).ravel() * n / (n - 1))
+  return ((xg - mean) / np.sqrt(var + 1e-5)).reshape(x.shape) * g + b
 
 
 def np_maxpool(x):
@@ -40,15 +44,16 @@ def np_resnet(sd, cfg, x, train=False):
   W = {k: v.numpy().astype(np.float64) for k, v in sd.items()}
   stats = {}
   relu = lambda a: np.maximum(a, 0)
-  h = np_maxpool(relu(np_bn(np_conv(x, W["conv1.weight"], 2, 3), W, "bn1", train, stats)))
+  bn = lambda a, p: np_bn(a, W, p, train, stats, cfg.bn_span)
+  h = np_maxpool(relu(bn(np_conv(x, W["conv1.weight"], 2, 3), "bn1")))
   for i, n in enumerate(cfg.layers):
     for j in range(n):
       p = f"layer{i + 1}.{j}."
       s = 2 if (j == 0 and i > 0) else 1
-      a = relu(np_bn(np_conv(h, W[p + "conv1.weight"]), W, p + "bn1", train, stats))
-      a = relu(np_bn(np_conv(a, W[p + "conv2.weight"], s, 1), W, p + "bn2", train, stats))
-      a = np_bn(np_conv(a, W[p + "conv3.weight"]), W, p + "bn3", train, stats)
-      sc = np_bn(np_conv(h, W[p + "downsample.0.weight"], s), W, p + "downsample.1", train, stats) if p + "downsample.0.weight" in W else h
+      a = relu(bn(np_conv(h, W[p + "conv1.weight"]), p + "bn1"))
+      a = relu(bn(np_conv(a, W[p + "conv2.weight"], s, 1), p + "bn2"))
+      a = bn(np_conv(a, W[p + "conv3.weight"]), p + "bn3")
+      sc = bn(np_conv(h, W[p + "downsample.0.weight"], s), p + "downsample.1") if p + "downsample.0.weight" in W else h
       h = relu(a + sc)
   return h.mean((2, 3)) @ W["fc.weight"].T + W["fc.bias"], stats
 
@@ -80,12 +85,13 @@ def test_resnet50_structure():
   assert np.all(z["layer1.0.bn3.weight"].numpy() == 0) and np.all(z["layer1.0.bn2.weight"].numpy() == 1)
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_logits_match_numpy_float64(train):
-  cfg = tiny_config()
+@pytest.mark.parametrize("train,span", [(False, None), (True, None), (True, 2)])
+def test_logits_match_numpy_float64(train, span):
+  """span: batch norm over groups of that many samples (MLPerf's model_bn_span) in training."""
+  cfg = tiny_config(bn_span=span)
   m = ResNet(cfg)
   randomize(m)
-  x = np.random.default_rng(1).standard_normal((3, 3, 20, 20)).astype(np.float32)
+  x = np.random.default_rng(1).standard_normal((6 if span else 3, 3, 20, 20)).astype(np.float32)
   ref, stats = np_resnet(m.state_dict(), cfg, x.astype(np.float64), train)
   m.train(train)
   got = m(Tensor(x)).numpy()
@@ -98,8 +104,9 @@ def test_logits_match_numpy_float64(train):
       assert int(sd[p + ".num_batches_tracked"].numpy()) == 1
 
 
-def test_finite_difference_gradients():
-  cfg = tiny_config()
+@pytest.mark.parametrize("span", [None, 2])
+def test_finite_difference_gradients(span):
+  cfg = tiny_config(bn_span=span)
   m = ResNet(cfg)
   randomize(m, seed=2)
   rng = np.random.default_rng(3)
@@ -152,3 +159,22 @@ def test_overfits_fixed_batch_with_jit(opt_name):
   assert int(m.bn1.num_batches_tracked.numpy()) == 60
   m.eval()
   assert (m(X).numpy().argmax(-1) == Y.numpy()).mean() >= 0.5   # eval mode (running stats): well above chance, not exact
+
+
+def test_init_is_the_references_he_normal_and_dense_normal():
+  """The reference (image_classification/tensorflow2/resnet_model.py): every conv kernel is Keras he_normal (a normal
+  truncated at 2 std whose std after truncation is sqrt(2 / fan_in), fan_in = in_channels * kh * kw), the fc1000 kernel
+  RandomNormal(stddev=0.01) with a zero bias."""
+  Tensor.manual_seed(1)
+  sd = ResNet(tiny_config(layers=(1, 1), widths=(32, 64), stem_width=32)).state_dict()
+  convs = {k: v.numpy().astype(np.float64) for k, v in sd.items() if v.ndim == 4}
+  for name, w in convs.items():
+    fan_in = np.prod(w.shape[1:])
+    std = np.sqrt(2.0 / fan_in)
+    assert np.abs(w).max() <= 2 * std / 0.87962566103423978 * (1 + 1e-6), name
+    if w.size >= 4096:
+      assert abs(w.std() / std - 1) < 0.05 and abs(w.mean()) < 5 * std / np.sqrt(w.size), (name, w.std(), std)
+  assert convs["layer2.0.conv3.weight"].shape[:2] == (256, 64)   # fan_in 64 != fan_out 256: the mode matters
+  fc = sd["fc.weight"].numpy().astype(np.float64)
+  assert abs(fc.std() / 0.01 - 1) < 0.05 and np.abs(fc).max() > 2.5 * 0.01   # untruncated
+  assert np.all(sd["fc.bias"].numpy() == 0)

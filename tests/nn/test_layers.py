@@ -55,3 +55,22 @@ def test_batchnorm_train_then_eval():
   ref = (x2 - rm2[None, :, None, None]) / np.sqrt(rv2[None, :, None, None] + 1e-5) * np.array([1, 2, 0.5])[None, :, None, None] + np.array([0, -1, 1])[None, :, None, None]
   np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(bn.running_mean.numpy(), rm2, rtol=1e-5, atol=1e-6)   # eval leaves stats alone
+
+
+def test_batchnorm_span_normalises_each_group_of_samples():
+  """span=2 on a batch of 6: three groups of 2 samples, each normalised by its own statistics (MLPerf's
+  model_bn_span); the running stats move by the groups' mean statistics, as replicas' averaged updates would."""
+  bn = BatchNorm2d(3, momentum=0.1, span=2)
+  w, b = np.array([1.0, 2.0, 0.5]), np.array([0.0, -1.0, 1.0])
+  bn.load_state_dict({"weight": w.astype(np.float32), "bias": b.astype(np.float32), "running_mean": np.zeros(3, np.float32),
+                      "running_var": np.ones(3, np.float32), "num_batches_tracked": np.array(0, np.int64)})
+  x = (rng.standard_normal((6, 3, 4, 5)) * 3 + 2).astype(np.float32)
+  y = bn(Tensor(x)).numpy()
+  g = x.astype(np.float64).reshape(3, 2, 3, 4, 5)
+  m, v = g.mean((1, 3, 4), keepdims=True), g.var((1, 3, 4), keepdims=True)
+  ref = ((g - m) / np.sqrt(v + 1e-5)).reshape(6, 3, 4, 5) * w[None, :, None, None] + b[None, :, None, None]
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(bn.running_mean.numpy(), 0.1 * m.mean(0).ravel(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(bn.running_var.numpy(), 0.9 + 0.1 * v.mean(0).ravel() * 40 / 39, rtol=1e-5)
+  with pytest.raises(ValueError, match="span 4"):
+    BatchNorm2d(3, span=4)(Tensor(x))

@@ -16,7 +16,7 @@ def test_warmup_cosine_key_steps():
 
 
 def test_warmup_poly_key_steps():
-  s = WarmupPolynomial(base_lr=10.0, warmup_steps=5, train_steps=25, end_lr=1e-4, power=2)
+  s = WarmupPolynomial(base_lr=10.0, warmup_steps=5, decay_steps=20, end_lr=1e-4, power=2)
   assert s(0) == 0.0 and math.isclose(s(2), 4.0) and math.isclose(s(5), 10.0)
   assert math.isclose(s(15), (10 - 1e-4) * 0.25 + 1e-4)
   assert math.isclose(s(25), 1e-4) and math.isclose(s(40), 1e-4)
@@ -28,3 +28,25 @@ def test_apply_writes_the_device_lr():
   for step in (0, 3, 7, 20):
     v = s.apply(opt, step)
     np.testing.assert_allclose(opt.lr.numpy(), [v], rtol=1e-7)
+
+
+def test_resnet_poly_decays_over_the_logged_decay_steps_after_warmup():
+  """The reference (image_classification/tensorflow2/lars_util.py, PolynomialDecayWithWarmup) logs
+  lars_opt_learning_rate_decay_steps and decays over exactly that many steps after the warmup:
+  lr = base * step / W for step <= W, else Keras PolynomialDecay of (step - W) with decay_steps D."""
+  import os
+  from trainer.build import build_schedule
+  from trainer.config import load_config
+  cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "resnet.yaml"))
+  s = build_schedule(cfg)
+  W, D, base, end = 2 * (1281167 // 3264), 14523, 10.5, 1e-4
+  assert cfg.schedule.decay_steps == D
+
+  def reference(step):
+    if step <= W: return base * step / W
+    return (base - end) * (1 - min(step - W, D) / D) ** 2 + end
+
+  steps = [0, 1, W - 1, W, W + 1, W + D // 2, W + D - 1, W + D, W + D + 500]
+  steps += np.random.default_rng(0).integers(0, W + D + 100, 20).tolist()
+  for step in steps:
+    assert math.isclose(s(step), reference(step), rel_tol=1e-12), (step, s(step), reference(step))

@@ -109,6 +109,31 @@ def test_resnet_compliance_on_generated_jpegs(tmp_path):
   check_log(str(logs[0]), "4.0.0")
 
 
+def test_resnet_submission_folder_passes_the_package_checker(tmp_path):
+  """The 5 runs resnet needs (closed, ruleset 4.0.0), made by launch.py's main with a tiny ResNet at batch 64 on
+  generated 16x16 JPEGs (validation = training folder), then `python -m trainer.submit`: the folder passes the package
+  checker but for its RCP verdict (no reference convergence point exists at this batch)."""
+  import shutil
+  from trainer.cli import main
+  from trainer.submit import main as submit
+  from trainer.data.synthetic_images import write_synthetic_imagenet
+  write_synthetic_imagenet(str(tmp_path / "img"), num_classes=4, train_per_class=64, val_per_class=1, size=16)
+  shutil.rmtree(tmp_path / "img" / "val"); shutil.copytree(tmp_path / "img" / "train", tmp_path / "img" / "val")
+  sub = tmp_path / "sub"
+  small = ["mesh.device=CPU", "mesh.dp=1", "train.global_batch_size=64", "train.micro_batch_size=64", "model.bn_span=null",
+           "model.variant=tiny", "model.blocks=[1]", "model.widths=[16]", "model.num_classes=4", f"data.path={tmp_path}/img",
+           "data.image_size=16", "train.precision.compute_dtype=float32", "optimizer.lr=5.0", "schedule.warmup_epochs=1",
+           "schedule.decay_steps=60", "eval.interval_epochs=1", "eval.offset_epochs=1", "train.max_epochs=16"]
+  for seed in range(1, 6):
+    args = [a for kv in small + [f"checkpoint.dir={tmp_path}/ck{seed}"] for a in ("--set", kv)]
+    assert main([os.path.join(ROOT, "recipes/resnet.yaml"), *args, "--seed", str(seed), "--results", str(sub), "--no-progress"]) == 0
+  assert submit([str(sub)]) == 1     # 1: the RCP verdict below
+  assert sorted(os.listdir(sub / "results" / "8xH200" / "resnet")) == [f"result_{i}.txt" for i in range(5)]
+  lines = (sub / "package_checker.log").read_text().splitlines()
+  assert sum("Running compliance on file" in l for l in lines) == 5
+  assert [l for l in lines if l.startswith(("ERROR", "WARNING"))] == ["ERROR - RCP Test Failed: Missing RCP, please submit RCP with BS = 64"], lines
+
+
 def test_kill_and_resume_gives_the_same_losses(tmp_path):
   """Train llama_tiny 12 steps in one go; then again with a SIGKILL after the step-6 checkpoint and
   --resume auto. The per-step losses after resuming must be bit-identical."""

@@ -96,6 +96,7 @@ def test_resnet_log_passes_checker(tmp_path):
     logged = {r["key"]: r["value"] for r in records(path)}
     assert logged["lars_opt_base_learning_rate"] == 10.5
     assert logged["lars_opt_learning_rate_decay_steps"] == 14523
+    assert logged["model_bn_span"] == 204   # the RCP's (resnet_ref_3264), logged as the reference logs it
 
 
 def test_tiny_recipes_log_the_full_sequence(tmp_path, capsys):

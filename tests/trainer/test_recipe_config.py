@@ -54,7 +54,19 @@ def test_resnet_derived_values():
     assert cfg.steps_per_epoch == 392   # 1281167 // 3264: the loader drops the partial last batch
     assert cfg.target_reached(0.76) and not cfg.target_reached(0.75)
     tiny = load_config(os.path.join(RECIPE_DIR, "resnet_tiny.yaml"))
-    assert tiny.schedule.decay_steps == 10 * 32
+    assert tiny.schedule.decay_steps == 9 * 32   # the decay after the warmup epoch
+
+
+def test_resnet_bn_span():
+    """model.bn_span: batch norm over groups of that many samples; the batch-3264 RCP's 204 in resnet.yaml, the
+    whole micro-batch when absent; it must divide the micro-batch."""
+    from trainer.build import build_model
+    assert load_config(os.path.join(RECIPE_DIR, "resnet.yaml")).model.bn_span == 204
+    cfg = parse_config(raw("resnet_tiny"), "t.yaml", ["model.bn_span=16"])
+    assert build_model(cfg, "CPU:0").layer1[0].bn2.span == 16
+    assert parse_config(raw("resnet_tiny"), "t.yaml").model.bn_span is None
+    assert error(raw("resnet_tiny"), ["model.bn_span=48"]) == "'model.bn_span' (48) must divide train.micro_batch_size (64)"
+    assert error(raw("resnet_tiny"), ["model.bn_span=0"]) == "'model.bn_span' must be > 0, got 0"
 
 
 def test_config_is_frozen():

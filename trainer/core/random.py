@@ -6,7 +6,8 @@ checkpoint can save and restore the state (`get_state` / `set_state`). Element i
 value base + i, where base is the counter when the draw was made: the draw copies the counter (a tiny
 kernel) and moves it on, and the bits themselves stay lazy, computed from per-axis index ramps where a
 kernel reads them. So a draw needs no buffer of its own size, and a slice of it (a tensor-parallel
-shard) computes only its own elements.
+shard) computes only its own elements. `uniform` gives floats in [0, 1); `truncated_normal` the normal
+truncated at 2 std (Keras's he_normal), one uniform per value.
 """
 from __future__ import annotations
 import math
@@ -92,6 +93,21 @@ def random_bits(shape, device: str):
   key = (_seed * 0x9E3779B9 + 0x7F4A7C15) & MASK
   bits, _ = threefry(x0, x1, _seed, key)
   return bits
+
+
+TRUNCATED_NORMAL_STD = 0.87962566103423978   # std of a standard normal truncated to [-2, 2]
+NEWTON_STEPS = 6   # from 0, six steps bring erf(y) = q to float32 precision for every |q| <= erf(sqrt 2)
+
+
+def truncated_normal(shape, dtype, device):
+  """Standard normal values truncated to [-2, 2]: the law of TF's truncated_normal (which redraws values
+  beyond 2 std), by the inverse CDF, so each value costs one uniform and the draw stays lazy. z = sqrt(2) y
+  with erf(y) = q uniform over [-erf(sqrt 2), erf(sqrt 2)), y found by Newton's method from 0: erf is
+  concave for y > 0 and convex for y < 0, so the steps approach the root from 0's side and never pass it."""
+  q = (uniform(shape, dtypes.float32, device) * 2 - 1) * math.erf(math.sqrt(2))
+  y = q * 0
+  for _ in range(NEWTON_STEPS): y = y - (y.erf() - q) * (y * y).exp() * (math.sqrt(math.pi) / 2)
+  return (y * math.sqrt(2)).clamp(-2.0, 2.0).cast(dtypes.get(dtype)).detach()   # the clamp only catches rounding
 
 
 def uniform(shape, dtype, device, requires_grad=False):

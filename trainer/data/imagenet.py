@@ -4,6 +4,14 @@ Layout: `ROOT/train/<wnid>/*.JPEG` and `ROOT/val/<wnid>/*.JPEG`. Class k is the 
 sorted order of `ROOT/train` (of the split itself when there is no train folder), so every
 split labels a wnid the same way.
 
+Object boxes (optional): `ROOT/imagenet_2012_bounding_boxes.csv`, the file TF's ImageNet pipeline
+reads (models/research/inception build_imagenet_data.py; process_bounding_boxes.py writes it from
+ImageNet's ILSVRC2012_bbox_train_v2 XMLs): one line per box, `<JPEG file name>,<xmin>,<ymin>,<xmax>,
+<ymax>` in coordinates relative to the image (0..1), several lines for an image with several
+objects. The training crop must cover 10% of one of an image's boxes; an image the file does not
+list, or every image when there is no file, counts as one box covering the whole image (as the
+reference does for a record without boxes).
+
 The loader yields `(images, labels)`: images uint8 NHWC RGB (normalise on the device with
 `image_transforms.normalize` or its equivalent), labels int32 with -1 marking padding rows.
 Augmentation draws come from a generator keyed by (seed, epoch, sample index), so a batch is
@@ -21,10 +29,33 @@ from trainer.data.image_transforms import decode_image, eval_transform, train_tr
 from trainer.data.sampler import ShardedSampler
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg")
+BOXES_FILE = "imagenet_2012_bounding_boxes.csv"
+
+
+def read_boxes(path):
+    """{JPEG file name: [(xmin, ymin, xmax, ymax), ...]} from a box file; a bad line is a ValueError
+    naming the file and line."""
+    boxes = collections.defaultdict(list)
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            name, *fields = line.strip().split(",")
+            try:
+                x0, y0, x1, y1 = (float(v) for v in fields)
+                ok = 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{path}:{number}: expected 'file name,xmin,ymin,xmax,ymax' with "
+                                 f"0 <= min <= max <= 1, got {line.strip()!r}")
+            boxes[name].append((x0, y0, x1, y1))
+    return dict(boxes)
 
 
 class ImageFolder:
-    """The JPEG files of one split, in sorted (class, file name) order, with their labels."""
+    """The JPEG files of one split, in sorted (class, file name) order, with their labels and the
+    object boxes of ROOT/imagenet_2012_bounding_boxes.csv when it exists."""
 
     def __init__(self, root, split):
         self.root = os.fspath(root)
@@ -46,6 +77,8 @@ class ImageFolder:
         if not self.paths:
             raise FileNotFoundError(f"no JPEG files under {folder}")
         self.labels = np.asarray(labels, np.int32)
+        boxes_file = os.path.join(self.root, BOXES_FILE)
+        self._boxes = read_boxes(boxes_file) if os.path.isfile(boxes_file) else {}
 
     def __len__(self):
         return len(self.paths)
@@ -53,6 +86,10 @@ class ImageFolder:
     def item(self, index):
         """What a worker needs to produce sample `index`: its file path."""
         return self.paths[index]
+
+    def boxes(self, index):
+        """The annotated object boxes of sample `index` (relative xmin, ymin, xmax, ymax); [] if none."""
+        return self._boxes.get(os.path.basename(self.paths[index]), [])
 
 
 class ArrayImages:
@@ -74,15 +111,20 @@ class ArrayImages:
         """What a worker needs to produce sample `index`: a copy of its pixels."""
         return np.array(self.images[index])
 
+    def boxes(self, index):
+        """No object boxes: a training crop samples from the whole image."""
+        return []
+
 
 def _transform_chunk(task):
-    """Worker entry: transform the items of one chunk into a uint8 (n, S, S, 3) array."""
-    items, keys, train, image_size, resize_size = task
+    """Worker entry: transform the items of one chunk (with their object boxes) into a uint8
+    (n, S, S, 3) array."""
+    items, boxes, keys, train, image_size, resize_size = task
     out = np.empty((len(items), image_size, image_size, 3), np.uint8)
-    for row, (item, key) in enumerate(zip(items, keys)):
+    for row, (item, item_boxes, key) in enumerate(zip(items, boxes, keys)):
         image = decode_image(item) if isinstance(item, str) else Image.fromarray(item)
         if train:
-            out[row] = train_transform(image, np.random.default_rng(key), image_size)
+            out[row] = train_transform(image, np.random.default_rng(key), image_size, item_boxes)
         else:
             out[row] = eval_transform(image, resize_size, image_size)
     return out
@@ -98,11 +140,12 @@ class ImageLoader:
     """Endless iterator of this rank's `(images, labels)` batches from an ImageFolder or
     ArrayImages source.
 
-    `train=True`: shuffled every epoch, random-resized crop + flip to `image_size`, incomplete
-    last batch dropped. `train=False`: file order, resize to `resize_size` + centre crop
-    `image_size`, last batch padded (zero images, label -1) so one pass of `batches_per_epoch`
-    batches covers every image exactly once. With `workers` > 0 a process pool decodes up to
-    `prefetch` batches ahead, each batch split over the workers; results keep batch order.
+    `train=True`: shuffled every epoch, the reference's distorted-box crop (against the source's
+    object boxes) + flip to `image_size`, incomplete last batch dropped. `train=False`: file
+    order, resize to `resize_size` + centre crop `image_size`, last batch padded (zero images,
+    label -1) so one pass of `batches_per_epoch` batches covers every image exactly once. With
+    `workers` > 0 a process pool decodes up to `prefetch` batches ahead, each batch split over the
+    workers; results keep batch order.
     `state_dict()` names the next batch to be returned; prefetched work is discarded on
     `load_state_dict()`.
     """
@@ -136,6 +179,7 @@ class ImageLoader:
         indices = self.sampler.local_indices(epoch, batch)
         real = indices[indices >= 0]
         tasks = [([self.source.item(int(i)) for i in part],
+                  [self.source.boxes(int(i)) if self.train else [] for i in part],
                   [(self.seed, epoch, int(i)) for i in part],
                   self.train, self.image_size, self.resize_size)
                  for part in np.array_split(real, max(self.workers, 1)) if len(part)]
@@ -228,7 +272,8 @@ def build_cache(folder, prefix, size=256, workers=0, chunk=64):
     except (OSError, ValueError):
         pass
     tasks = [([folder.item(i) for i in range(start, min(start + chunk, len(folder)))],
-              [None] * min(chunk, len(folder) - start), False, size, size)
+              [[]] * min(chunk, len(folder) - start), [None] * min(chunk, len(folder) - start),
+              False, size, size)
              for start in range(0, len(folder), chunk)]
     images = np.lib.format.open_memmap(images_file + ".tmp", "w+", np.uint8,
                                        (len(folder), size, size, 3))

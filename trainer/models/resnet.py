@@ -1,16 +1,16 @@
 """ResNet-50 v1.5 (torchvision names): the stride of a downsampling bottleneck is on its 3x3 conv.
 
-Init (stated choice): convs ~ kaiming normal, fan_out, ReLU gain (std sqrt(2 / (out_ch*kh*kw)), as
-torchvision and NVIDIA's MLPerf PyTorch code); BN gamma 1, beta 0; fc weight ~ normal(0, 0.01), bias 0
-(the MLPerf TF reference's final dense layer). The MLPerf reference model
-(mlcommons/training image_classification/tensorflow/official/resnet/resnet_model.py) keeps every BN
-gamma at 1, so `zero_init_residual` (gamma 0 on each block's last BN, as in Goyal et al. and
+Init, as the MLPerf TF2 reference (mlcommons/training image_classification/tensorflow2/resnet_model.py):
+every conv kernel Keras `he_normal` (a normal truncated at 2 std, its std after truncation
+sqrt(2 / fan_in), fan_in = in_ch*kh*kw: drawn std sqrt(2 / fan_in) / 0.8796...); BN gamma 1, beta 0;
+fc weight ~ normal(0, 0.01) untruncated (`RandomNormal(stddev=0.01)`), bias 0. The reference keeps every
+BN gamma at 1, so `zero_init_residual` (gamma 0 on each block's last BN, as in Goyal et al. and
 torchvision's option) defaults to False and can be switched on.
 """
 from __future__ import annotations
 import math
 from dataclasses import dataclass
-from ..core import Tensor
+from ..core import Tensor, random
 from ..nn import Module, Conv2d, BatchNorm2d, Linear
 from ..nn.module import materialize
 
@@ -24,6 +24,7 @@ class ResNetConfig:
   num_classes: int = 1000
   zero_init_residual: bool = False
   dtype: str = "float32"
+  bn_span: int | None = None   # batch norm over groups of this many samples in training (None: the whole batch)
 
 
 RESNET50 = ResNetConfig()
@@ -36,21 +37,23 @@ def tiny_config(**kw) -> ResNetConfig:
 
 
 def _conv(cin, cout, k, stride=1, padding=0, dtype=None, device=None) -> Conv2d:
+  """A conv without bias, its kernel Keras he_normal (VarianceScaling(2, fan_in, truncated_normal))."""
   c = Conv2d(cin, cout, k, stride=stride, padding=padding, bias=False, dtype=dtype, device=device)
-  std = math.sqrt(2.0 / (cout * k * k))
-  c.weight = materialize((Tensor.randn(*c.weight.shape, device=device) * std).cast(c.weight.dtype), requires_grad=True)
+  std = math.sqrt(2.0 / (cin * k * k)) / random.TRUNCATED_NORMAL_STD
+  w = random.truncated_normal(c.weight.shape, "float32", device) * std
+  c.weight = materialize(w.cast(c.weight.dtype), requires_grad=True)
   return c
 
 
 class Bottleneck(Module):
   def __init__(self, cin: int, width: int, stride: int, cfg: ResNetConfig, device=None):
     out = width * cfg.expansion
-    kw = dict(dtype=cfg.dtype, device=device)
-    self.conv1, self.bn1 = _conv(cin, width, 1, **kw), BatchNorm2d(width, **kw)
-    self.conv2, self.bn2 = _conv(width, width, 3, stride, 1, **kw), BatchNorm2d(width, **kw)
-    self.conv3, self.bn3 = _conv(width, out, 1, **kw), BatchNorm2d(out, **kw)
+    kw, bn = dict(dtype=cfg.dtype, device=device), dict(dtype=cfg.dtype, device=device, span=cfg.bn_span)
+    self.conv1, self.bn1 = _conv(cin, width, 1, **kw), BatchNorm2d(width, **bn)
+    self.conv2, self.bn2 = _conv(width, width, 3, stride, 1, **kw), BatchNorm2d(width, **bn)
+    self.conv3, self.bn3 = _conv(width, out, 1, **kw), BatchNorm2d(out, **bn)
     if cfg.zero_init_residual: self.bn3.weight.assign(self.bn3.weight.zeros_like()).realize()
-    self.downsample = [_conv(cin, out, 1, stride, **kw), BatchNorm2d(out, **kw)] if stride != 1 or cin != out else None
+    self.downsample = [_conv(cin, out, 1, stride, **kw), BatchNorm2d(out, **bn)] if stride != 1 or cin != out else None
 
   def forward(self, x: Tensor) -> Tensor:
     h = self.bn1(self.conv1(x)).relu()
@@ -65,7 +68,7 @@ class ResNet(Module):
   def __init__(self, cfg: ResNetConfig = RESNET50, device=None):
     self.config = cfg
     kw = dict(dtype=cfg.dtype, device=device)
-    self.conv1, self.bn1 = _conv(3, cfg.stem_width, 7, 2, 3, **kw), BatchNorm2d(cfg.stem_width, **kw)
+    self.conv1, self.bn1 = _conv(3, cfg.stem_width, 7, 2, 3, **kw), BatchNorm2d(cfg.stem_width, **kw, span=cfg.bn_span)
     cin = cfg.stem_width
     for i, (n, w) in enumerate(zip(cfg.layers, cfg.widths)):
       blocks = []

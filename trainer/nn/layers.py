@@ -84,9 +84,13 @@ class BatchNorm2d(Module):
   Training: normalizes with the batch mean and biased variance, and updates the running stats in
   place (`assign`, realized right away so a jitted step records the update):
   running = (1 - momentum) * running + momentum * batch_stat, with the unbiased variance.
-  Eval: normalizes with the running stats."""
-  def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True, dtype=None, device=None):
-    self.num_features, self.eps, self.momentum = num_features, eps, momentum
+  Eval: normalizes with the running stats.
+  `span` (not torch's; MLPerf's model_bn_span): in training, each group of `span` consecutive samples is
+  normalized by its own statistics, and the running stats move by the mean of the groups' statistics,
+  as data-parallel replicas of `span` samples each would with averaged updates. None: the whole batch."""
+  def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True, dtype=None, device=None,
+               span: int | None = None):
+    self.num_features, self.eps, self.momentum, self.span = num_features, eps, momentum, span
     self.weight = _param(Tensor.ones(num_features, device=device), dtype) if affine else None
     self.bias = _param(Tensor.zeros(num_features, device=device), dtype) if affine else None
     self.register_buffer("running_mean", _buffer(Tensor.zeros(num_features, device=device)))
@@ -97,16 +101,19 @@ class BatchNorm2d(Module):
     C = self.num_features
     xf = x.float()   # statistics in float32
     if self.training:
-      n = x.shape[0] * x.shape[2] * x.shape[3]
-      mean = xf.mean((0, 2, 3))
-      d = xf - mean.reshape(1, C, 1, 1)
-      var = (d * d).mean((0, 2, 3))
-      m = self.momentum
-      self.running_mean.assign(self.running_mean * (1 - m) + mean.detach() * m)
-      self.running_var.assign(self.running_var * (1 - m) + var.detach() * (m * n / max(n - 1, 1)))
+      N, _, H, W = x.shape
+      span = self.span or N
+      if N % span: raise ValueError(f"BatchNorm2d: a batch of {N} samples does not split into groups of span {span}")
+      g = xf.reshape(N // span, span, C, H, W)
+      mean = g.mean((1, 3, 4), keepdim=True)
+      d = g - mean
+      var = (d * d).mean((1, 3, 4), keepdim=True)
+      n, m = span * H * W, self.momentum
+      self.running_mean.assign(self.running_mean * (1 - m) + mean.detach().mean(0).reshape(C) * m)
+      self.running_var.assign(self.running_var * (1 - m) + var.detach().mean(0).reshape(C) * (m * n / max(n - 1, 1)))
       self.num_batches_tracked.assign(self.num_batches_tracked + 1)
       Tensor.realize_all(self.running_mean, self.running_var, self.num_batches_tracked)
-      out = d * (var + self.eps).rsqrt().reshape(1, C, 1, 1)
+      out = (d * (var + self.eps).rsqrt()).reshape(N, C, H, W)
     else:
       out = (xf - self.running_mean.reshape(1, C, 1, 1)) * (self.running_var + self.eps).rsqrt().reshape(1, C, 1, 1)
     if self.weight is not None: out = out * self.weight.float().reshape(1, C, 1, 1) + self.bias.float().reshape(1, C, 1, 1)

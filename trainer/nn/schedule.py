@@ -22,14 +22,15 @@ def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, decay_steps: 
   return end_lr + (base_lr - end_lr) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def warmup_poly_lr(step: int, base_lr: float, warmup_steps: int, train_steps: int, end_lr: float = 1e-4, power: float = 2.0) -> float:
-  """The MLPerf ResNet LARS reference (tensorflow2/lars_util.py PolynomialDecayWithWarmup):
+def warmup_poly_lr(step: int, base_lr: float, warmup_steps: int, decay_steps: int, end_lr: float = 1e-4, power: float = 2.0) -> float:
+  """The MLPerf ResNet LARS reference (tensorflow2/lars_util.py PolynomialDecayWithWarmup), whose logged
+  lars_opt_learning_rate_decay_steps is the length D of the decay after the warmup:
     step <  warmup:  base * step / warmup
-    step >= warmup:  (base - end) * (1 - min(step - warmup, D) / D) ** power + end,  D = train_steps - warmup."""
+    step >= warmup:  (base - end) * (1 - min(step - warmup, D) / D) ** power + end,  D = decay_steps
+  so the LR is end from step == warmup + D on."""
   if warmup_steps > 0 and step < warmup_steps: return base_lr * step / warmup_steps
-  D = train_steps - warmup_steps
-  if D <= 0: return end_lr
-  p = min(step - warmup_steps, D) / D
+  if decay_steps <= 0: return end_lr
+  p = min(step - warmup_steps, decay_steps) / decay_steps
   return (base_lr - end_lr) * (1 - p) ** power + end_lr
 
 
@@ -48,9 +49,9 @@ class WarmupCosine:
 class WarmupPolynomial:
   base_lr: float
   warmup_steps: int
-  train_steps: int
+  decay_steps: int
   end_lr: float = 1e-4
   power: float = 2.0
-  def __call__(self, step: int) -> float: return warmup_poly_lr(step, self.base_lr, self.warmup_steps, self.train_steps, self.end_lr, self.power)
+  def __call__(self, step: int) -> float: return warmup_poly_lr(step, self.base_lr, self.warmup_steps, self.decay_steps, self.end_lr, self.power)
   def apply(self, opt, step: int) -> float:
     lr = self(step); opt.set_lr(lr); return lr
