@@ -90,7 +90,7 @@ def test_unknown_nested_key_suggests():
 def test_unknown_key_without_close_match_lists_known_keys():
     r = raw("llama_tiny")
     r["mesh"]["zzz"] = 1
-    assert error(r).startswith("unknown key 'zzz' in mesh (known keys: dp, tp, zero1, device")
+    assert error(r).startswith("unknown key 'zzz' in mesh (known keys: hosts, dp, tp, zero1, device")
 
 
 def test_wrong_types():
