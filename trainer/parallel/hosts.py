@@ -143,7 +143,7 @@ class Watchdog:
   def __init__(self, hosts: MPIHosts, default_s: float):
     self.hosts, self.default_s = hosts, default_s
     self.reached = [0] * hosts.size           # the number of the stretch each host has reached
-    self.count, self.what, self.deadline = 0, "", None
+    self.count, self.what, self.deadline, self.sending = 0, "", None, []
     self.lock = threading.Lock()
     self.closed = False
     self.thread = threading.Thread(target=self._run, name="hosts-watchdog", daemon=True)
@@ -156,8 +156,9 @@ class Watchdog:
       self.what = what
       self.reached[h.rank] = self.count
       self.deadline = time.monotonic() + timeout_s + (0 if h.rank == 0 else self.GRACE_S)
-    for peer in range(h.size):
-      if peer != h.rank: h.beats.Isend(np.array([self.count], np.int64), dest=peer, tag=1).Free()
+    beat = np.array([self.count], np.int64)   # kept, with its requests, until the sends are done
+    self.sending = [(r, b) for r, b in self.sending if not r.Test()] + \
+                   [(h.beats.Isend(beat, dest=peer, tag=1), beat) for peer in range(h.size) if peer != h.rank]
 
   def stop(self, what: str):
     with self.lock: self.deadline = None
