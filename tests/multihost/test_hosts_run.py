@@ -141,3 +141,19 @@ def test_bad_input_is_one_line_from_host_0_and_exit_code_2(tmp_path):
     r = mpmd(cmd, tmp_path, timeout=120)
     ours = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert r.returncode == 2 and len(ours) == 1 and want in ours[0] and time.monotonic() - t < 30, (want, r.returncode, r.stderr[-2000:])
+
+
+def test_device_buffers_cross_hosts_through_host_memory(tmp_path):
+  """GPU devices' chunks are staged through host memory (StagedMPI): simulated AMD GPUs (trainer/drivers/amd/sim), 2
+  hosts x 1 GPU, plain and ZeRO-1, give the losses of 1 host x 2 GPUs."""
+  from trainer.drivers.amd import compiler
+  if compiler.unavailable_reason(): pytest.skip(compiler.unavailable_reason())
+  gpu = ["--set", "mesh.device=AMD", "--set", "train.global_batch_size=4", "--max-steps", "3"]
+  one = subprocess.run([sys.executable, LAUNCH, *TINY, *gpu, "--set", "mesh.dp=2", "--set", f"checkpoint.dir={tmp_path}/one", "--results", str(tmp_path / "r")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ, TRAINER_AMD_SIM="gfx942,gfx942"))
+  assert one.returncode == 0, one.stderr[-3000:]
+  for zero1 in ("false", "true"):
+    r = hosts(tmp_path, 2, gpu + ["--set", "mesh.dp=1", "--set", f"mesh.zero1={zero1}"], f"two{zero1}", env={"TRAINER_AMD_SIM": "gfx942"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    got, want = losses(r.stdout), losses(one.stdout)
+    np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [want[s] for s in (1, 2, 3)], **TOLERANCE)
