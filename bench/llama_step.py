@@ -36,7 +36,8 @@ def run_ours(a):
   overrides += [f"data.path={data}", f"checkpoint.dir={tempfile.mkdtemp()}", "checkpoint.every_steps=1000000000"]
   if a.eval: overrides += [f"eval.samples={a.eval}", "mlperf.division=open"]   # the closed division fixes 1024 sequences
   cfg = load_config(a.recipe, overrides)
-  from trainer.loop import Run, PEAK_FLOPS
+  from trainer.loop import Run
+  from trainer.peak import mesh_peak
   from trainer.build import flops_per_sample
   from trainer.core.device import get_runtime
   run = Run(cfg, os.path.join(tempfile.mkdtemp(), "bench.log"), None, progress=False)
@@ -53,9 +54,9 @@ def run_ours(a):
   gb, T = cfg.train.global_batch_size, cfg.data.seq_len
   toks = gb * T / dt
   flops = flops_per_sample(cfg) * gb / dt
-  peak_dev = PEAK_FLOPS.get(cfg.mesh.device, 0) * len(devices)
+  peak_dev = mesh_peak(cfg.mesh.device, rts[0].device_name, len(devices), cfg.train.precision.compute_dtype) or 0
   out = dict(tokens_s=toks, step_s=dt, tflops=flops / 1e12, mfu=flops / peak_dev if peak_dev else 0, build_s=build, warm_s=warm,
-             peaks=[rt.peak_in_use for rt in rts], device=getattr(rts[0], "device_name", rts[0].name), cfg=cfg)
+             peaks=[rt.peak_in_use for rt in rts], device=rts[0].device_name or rts[0].name, cfg=cfg)
   if a.eval:
     t0 = time.perf_counter(); value = run.evaluate(); out["eval_s"] = time.perf_counter() - t0
     print(f"eval of {a.eval} sequences: log perplexity {value:.4f} in {out['eval_s']:.1f}s", flush=True)
