@@ -133,9 +133,9 @@ KERNELS = {
   "gather_bf16_odd": GatherRows(7, 11, 3, dtypes.bfloat16, dtypes.int64),
   "scatter_bf16": ScatterAddRows(1000, 128256, 2048, dtypes.bfloat16, dtypes.int32),
   "scatter_f32": ScatterAddRows(7, 11, 9, dtypes.float32, dtypes.int64),
-  "adamw_bf16_master_scaled": AdamWStep(14336 * 4096, dtypes.bfloat16, dtypes.bfloat16, (0.9, 0.95, 1e-5, 0.1), True),
-  "adamw_f32_odd": AdamWStep(7, dtypes.float32, None, (0.9, 0.999, 1e-8, 0.0), False),
-  "adamw_f16": AdamWStep(33, dtypes.float16, dtypes.float16, (0.9, 0.999, 1e-8, 0.01), False),
+  "adamw_bf16_master_scaled": AdamWStep(14336 * 4096, dtypes.bfloat16, dtypes.bfloat16, (0.9, 0.95, 1e-5, True), True),
+  "adamw_f32_odd": AdamWStep(7, dtypes.float32, None, (0.9, 0.999, 1e-8, False), False),
+  "adamw_f16": AdamWStep(33, dtypes.float16, dtypes.float16, (0.9, 0.999, 1e-8, True), False),
 }
 
 
