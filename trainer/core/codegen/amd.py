@@ -101,6 +101,7 @@ def render(k: Kernel, target: str) -> Rendered:
   integers are one kernel with other parameter values)."""
   nest = lower(k)
   g = gemm.match(k, nest)
+  g = g and g.batched()
   mc = matrix_core(target)
   if g is not None and mc == "mfma": return _mfma(k, g)
   if g is not None and mc == "wmma" and _wmma_dtype(k, g): return _wmma(k, g)
@@ -218,8 +219,8 @@ def _symbolic_gemm(g: gemm.Gemm) -> tuple[gemm.Gemm, list]:
   values = []
   def p(v):
     values.append(int(v)); return Sym(f"p{len(values) - 1}")
-  return gemm.Gemm(p(g.M), p(g.N), p(g.K), g.a, g.b, tuple(map(p, g.sa)), tuple(map(p, g.sb)), p(g.oa), p(g.ob), p(g.oc),
-                   p(g.scm), p(g.scn), [tuple(map(p, e)) for e in g.batch]), values
+  M, N, K, (sam, sak), (sbk, sbn), oa, ob, oc, scm, scn = p(g.M), p(g.N), p(g.K), tuple(map(p, g.sa)), tuple(map(p, g.sb)), p(g.oa), p(g.ob), p(g.oc), p(g.scm), p(g.scn)
+  return gemm.Gemm(g.a, g.b, oa, ob, oc, ((M, sam, scm),), ((N, sbn, scn),), ((K, sak, sbk),), tuple(tuple(map(p, e)) for e in g.batch)), values
 
 
 def _gemm_groups(g: gemm.Gemm) -> tuple:
