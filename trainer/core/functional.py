@@ -3,7 +3,10 @@ and losses. They are attached to Tensor as methods (x.conv2d(w), x.cross_entropy
 from __future__ import annotations
 import math
 from .tensor import Tensor, TensorError, _ramp, _shape_str, where
-from .dtypes import dtypes
+from .dtypes import dtypes, promote
+from .function import Function
+from .lazy import LazyBuffer
+from .ops import Op
 
 
 def _pair(x): return (x, x) if isinstance(x, int) else tuple(x)
@@ -27,13 +30,62 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
   O, Cg, kh, kw = weight.shape
   if C != Cg * groups or O % groups:
     raise ValueError(f"conv2d: input {_shape_str(x.shape)} and weight {_shape_str(weight.shape)} do not match with groups={groups}")
-  x = x.pad(((0, 0), (0, 0)) + _conv_padding(padding, (kh, kw), _pair(stride), _pair(dilation)))
-  cols = _windows(x, (kh, kw), _pair(stride), _pair(dilation))                 # N, C, K, OH, OW
-  OH, OW = cols.shape[-2:]
-  cols = cols.reshape(N, groups, Cg * kh * kw, OH * OW).transpose(-1, -2)     # N, g, OH*OW, Cg*K
-  w = weight.reshape(groups, O // groups, Cg * kh * kw).transpose(-1, -2)     # g, Cg*K, O/g
-  out = (cols @ w).transpose(-1, -2).reshape(N, O, OH, OW)
+  dt = promote(x.dtype, weight.dtype)
+  x = x.cast(dt).pad(((0, 0), (0, 0)) + _conv_padding(padding, (kh, kw), _pair(stride), _pair(dilation)))
+  _window_shape(x.shape[-2:], (kh, kw), _pair(stride), _pair(dilation))
+  out = Conv.apply(x, weight.cast(dt), stride=_pair(stride), dilation=_pair(dilation), groups=groups)
   return out + bias.reshape(1, O, 1, 1) if bias is not None else out
+
+
+class Conv(Function):
+  """conv2d of an already padded input as one contraction over a window view of it (LazyBuffer.windows): a
+  matrix product whose K is channel x kernel row x kernel column, read where the input lies (no window matrix).
+    out[n, g, o, y, x] = sum_{c, i, j} xp[n, g, c, y*sh + i*dh, x*sw + j*dw] * w[g, o, c, i, j]
+  Gradients, as contractions too: the weight's sums the output gradient times the same windows over (n, y, x);
+  the input's is a stride-1 convolution (dilation d) of the output gradient, spread by the stride (zeros between)
+  and padded by the kernel's reach, with the kernel flipped and its in/out channels swapped."""
+  def forward(self, x: LazyBuffer, w: LazyBuffer, stride, dilation, groups):
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    self.x, self.w, self.stride, self.dilation, self.groups = x, w, stride, dilation, groups
+    xw = x.windows((kh, kw), stride, dilation)                                   # N, C, OH, OW, kh, kw
+    OH, OW = xw.shape[2:4]
+    G, Og = groups, O // groups
+    xw = xw.reshape((N, G, 1, Cg, OH, OW, kh, kw)).permute((0, 1, 2, 4, 5, 3, 6, 7)).expand((N, G, Og, OH, OW, Cg, kh, kw))
+    wv = w.reshape((1, G, Og, 1, 1, Cg, kh, kw)).expand((N, G, Og, OH, OW, Cg, kh, kw))
+    return xw.alu(Op.MUL, wv).reduce(Op.SUM, (5, 6, 7)).reshape((N, O, OH, OW))
+
+  def backward(self, g: LazyBuffer):
+    x, w, G = self.x, self.w, self.groups
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    (sh, sw), (dh, dw), Og = self.stride, self.dilation, O // G
+    OH, OW = g.shape[2:]
+    gx = gw = None
+    if self.needs_input_grad[1]:
+      xw = x.windows((kh, kw), self.stride, self.dilation).reshape((N, G, Cg, OH, OW, kh, kw)).permute((1, 2, 5, 6, 0, 3, 4))
+      xw = xw.reshape((G, 1, Cg, kh, kw, N, OH, OW)).expand((G, Og, Cg, kh, kw, N, OH, OW))
+      gv = g.reshape((N, G, Og, OH, OW)).permute((1, 2, 0, 3, 4)).reshape((G, Og, 1, 1, 1, N, OH, OW)).expand(xw.shape)
+      gw = gv.alu(Op.MUL, xw).reduce(Op.SUM, (5, 6, 7)).reshape(w.shape)
+    if self.needs_input_grad[0]:
+      if (sh, sw) != (1, 1):   # spread: the gradient at output (y, x) belongs at input (y*sh, x*sw); zeros between
+        g = g.reshape((N, O, OH, 1, OW, 1)).pad(((0, 0), (0, 0), (0, 0), (0, sh - 1), (0, 0), (0, sw - 1))).reshape((N, O, OH * sh, OW * sw))
+        g = g.shrink(((0, N), (0, O), (0, (OH - 1) * sh + 1), (0, (OW - 1) * sw + 1)))
+      rh, rw = (kh - 1) * dh, (kw - 1) * dw
+      gp = g.pad(((0, 0), (0, 0), (rh, H - g.shape[2]), (rw, W - g.shape[3])))
+      gwin = gp.windows((kh, kw), (1, 1), self.dilation).reshape((N, G, 1, Og, H, W, kh, kw)).permute((0, 1, 2, 4, 5, 3, 6, 7))
+      gwin = gwin.expand((N, G, Cg, H, W, Og, kh, kw))
+      wt = w.flip((2, 3)).reshape((G, Og, Cg, kh, kw)).permute((0, 2, 1, 3, 4)).reshape((1, G, Cg, 1, 1, Og, kh, kw)).expand(gwin.shape)
+      gx = gwin.alu(Op.MUL, wt).reduce(Op.SUM, (5, 6, 7)).reshape(x.shape)
+    return gx, gw
+
+
+def _window_shape(size, kernel, stride, dilation) -> tuple:
+  """(OH, OW) of a window over an input of `size`; an error where the window does not fit."""
+  (H, W), (kh, kw), (sh, sw), (dh, dw) = size, kernel, stride, dilation
+  oh, ow = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+  if oh <= 0 or ow <= 0: raise ValueError(f"window {kernel} with dilation {dilation} does not fit input of size {(H, W)}")
+  return oh, ow
 
 
 def _conv_padding(padding, kernel, stride, dilation) -> tuple:

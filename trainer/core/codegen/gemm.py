@@ -102,31 +102,77 @@ TEMPLATE = r"""
 typedef float vf __attribute__((vector_size(VL*4), aligned(4)));
 static inline long mn(long a, long b) { return a < b ? a : b; }
 
+/* Operands are read in runs along the innermost loop axis of M, N or K (a constant stride inside a run, xS_IN,
+   every xEXT_IN indices). A run's start comes from the dimension's table (or stride), looked up once per panel
+   or K block, not per element. */
+typedef struct { long off, pos, len; } run_t;
+static long runs(run_t* restrict out, const long* restrict T, long x0, long len, long ext, int dim) {
+  long n = 0;
+  for (long j = 0; j < len; n++) {
+    const long x = x0 + j, r = mn(ext - x % ext, len - j);
+    out[n].off = dim == 0 ? AK(x) : dim == 1 ? BK(x) : BN(x); out[n].pos = j; out[n].len = r;
+    j += r;
+  }
+  return n;
+}
 static void pack_a(float* restrict ap, const TA* restrict a, const long* restrict T, long m0, long mlen, long k0, long kb) {
+#if !A_ALONG_M
+  run_t kr[KC];
+  const long nk = runs(kr, T, k0, kb, KEXT_IN, 0);
+#endif
   for (long ip = 0; ip < mlen; ip += MR) {
     float* restrict dst = ap + ip*kb;
     const long rows = mn(MR, mlen - ip);
+#if A_ALONG_M   /* A's rows closer than its columns: copy along M */
+    long ro[MR];
+    for (long i = 0; i < MR; i++) ro[i] = AM(m0 + ip + mn(i, rows - 1));
+    for (long k = 0; k < kb; k++) {
+      const TA* restrict src = a + AK(k0 + k);
+      for (long i = 0; i < MR; i++) dst[k*MR + i] = i < rows ? LOADA(src[ro[i]]) : 0.0f;
+    }
+#else
     for (long i = 0; i < MR; i++) {
       if (i >= rows) { for (long k = 0; k < kb; k++) dst[k*MR + i] = 0.0f; continue; }
-      const TA* restrict src = a + AM(m0 + ip + i);
-      for (long k = 0; k < kb; k++) dst[k*MR + i] = LOADA(src[AK(k0 + k)]);
+      const TA* restrict row = a + AM(m0 + ip + i);
+      for (long q = 0; q < nk; q++) {
+        const TA* restrict src = row + kr[q].off;
+        float* restrict d = dst + kr[q].pos*MR + i;
+        for (long r = 0; r < kr[q].len; r++) d[r*MR] = LOADA(src[r * AKS_IN]);
+      }
     }
+#endif
   }
 }
 static void pack_b(float* restrict bp, const TB* restrict b, const long* restrict T, long n0, long nlen, long k0, long kb) {
+#if !B_ALONG_N
+  run_t kr[KC];
+  const long nk = runs(kr, T, k0, kb, KEXT_IN, 1);
+#endif
   for (long jp = 0; jp < nlen; jp += NR) {
     float* restrict dst = bp + jp*kb;
     const long cols = mn(NR, nlen - jp);
-#if B_ALONG_N   /* B contiguous along N: copy rows of the panel */
+#if B_ALONG_N   /* B's columns closer than its rows: copy rows of the panel */
+    run_t nr[NR];
+    const long nn = runs(nr, T, n0 + jp, cols, NEXT_IN, 2);
     for (long k = 0; k < kb; k++) {
-      const TB* restrict src = b + BK(k0 + k) + BN(n0 + jp);
-      for (long j = 0; j < NR; j++) dst[k*NR + j] = j < cols ? LOADB(src[j]) : 0.0f;
+      const TB* restrict row = b + BK(k0 + k);
+      float* restrict d = dst + k*NR;
+      if (nn == 1 && cols == NR) { const TB* restrict src = row + nr[0].off; for (long j = 0; j < NR; j++) d[j] = LOADB(src[j * BNS_IN]); continue; }
+      for (long q = 0; q < nn; q++) {
+        const TB* restrict src = row + nr[q].off;
+        for (long r = 0; r < nr[q].len; r++) d[nr[q].pos + r] = LOADB(src[r * BNS_IN]);
+      }
+      for (long j = cols; j < NR; j++) d[j] = 0.0f;
     }
 #else
     for (long j = 0; j < NR; j++) {
       if (j >= cols) { for (long k = 0; k < kb; k++) dst[k*NR + j] = 0.0f; continue; }
-      const TB* restrict src = b + BN(n0 + jp + j);
-      for (long k = 0; k < kb; k++) dst[k*NR + j] = LOADB(src[BK(k0 + k)]);
+      const TB* restrict col = b + BN(n0 + jp + j);
+      for (long q = 0; q < nk; q++) {
+        const TB* restrict src = col + kr[q].off;
+        float* restrict d = dst + kr[q].pos*NR + j;
+        for (long r = 0; r < kr[q].len; r++) d[r*NR] = LOADB(src[r * BKS_IN]);
+      }
     }
 #endif
   }
@@ -181,6 +227,7 @@ static void gemm_part(const TA* restrict a, const TB* restrict b, TO* restrict o
 }
 """
 
+MR, NR = 6, 32        # the micro-kernel's tile (NR: AVX-512's; AVX2 runs 16 columns)
 MC, NC = 96, 512      # rows of A and columns of B packed at a time (a thread's A block in L2, its B block in L2/L3)
 KC = 256              # depth of a packed block: an NR-column panel of B, KC deep, stays in L1 (32 KiB) while A streams
 PARALLEL_MACS = 1 << 17   # multiply-adds below which a product runs on one thread (an OpenMP fork costs a few microseconds)
@@ -213,6 +260,14 @@ def _tables(g: Gemm) -> tuple[dict, list]:
   return macros, fill, size
 
 
+def _along(mn_axes, k_axes, j, jk, width) -> bool:
+  """Whether an operand is packed along its M (or N) axes rather than along K: the way with unit-stride runs, and
+  of those the longer run (a panel is `width` wide, a K block KC deep); else the smaller stride."""
+  (e1, s1), (e2, s2) = ((mn_axes[-1][0], abs(mn_axes[-1][j])) if mn_axes else (1, 1 << 62)), (k_axes[-1][0], abs(k_axes[-1][jk]))
+  if (s1 == 1) != (s2 == 1): return s1 == 1
+  return min(e1, width) >= min(e2, KC) if s1 == 1 else s1 <= s2
+
+
 def render(name: str, g: Gemm, k: Kernel) -> str:
   # the micro-kernel writes vectors along N: put the output's contiguous axis there
   if g.m and g.m[-1][2] == 1 and not (g.n and g.n[-1][2] == 1): g = g.transposed()
@@ -221,8 +276,9 @@ def render(name: str, g: Gemm, k: Kernel) -> str:
   nb = math.prod(e for e, *_ in g.batch)
   kc = min(KC, g.K) if to is dtypes.float32 else max(g.K, 1)   # other outputs cannot accumulate across K blocks: one block
   defs = {"TA": f"const {STORAGE[ta]}", "TB": f"const {STORAGE[tb]}", "TO": STORAGE[to], "MM": g.M, "NN": g.N, "KK": g.K,
-          "MC": min(MC, -(-g.M // 6) * 6), "NC": min(NC, -(-g.N // 32) * 32), "KC": max(kc, 1), "OUT_F32": int(to is dtypes.float32),
-          "B_ALONG_N": int(len(g.n) == 1 and g.n[0][1] == 1)}
+          "MC": min(MC, -(-g.M // MR) * MR), "NC": min(NC, -(-g.N // NR) * NR), "KC": max(kc, 1), "OUT_F32": int(to is dtypes.float32),
+          "A_ALONG_M": int(_along(g.m, g.k, 1, 1, MR)), "B_ALONG_N": int(_along(g.n, g.k, 1, 2, NR)),
+          "KEXT_IN": g.k[-1][0], "AKS_IN": g.k[-1][1], "BKS_IN": g.k[-1][2], "NEXT_IN": g.n[-1][0] if g.n else 1, "BNS_IN": g.n[-1][1] if g.n else 0}
   head = "".join(f"#define {key} {val}\n" for key, val in defs.items())
   head += "".join(f"#define {key}(x) {val}\n" for key, val in macros.items())
   head += (f"#define LOADA(x) {load_expr(ta, '(x)')}\n#define LOADB(x) {load_expr(tb, '(x)')}\n#define STORE(x) {store_expr(to, '(x)')}\n"
@@ -236,7 +292,7 @@ def render(name: str, g: Gemm, k: Kernel) -> str:
   if par and nb >= BATCH_SPLIT:   # many products: whole ones per thread
     work = f"#pragma omp for collapse({len(names)}) schedule(static)\n{loops}gemm_part({operands}, 0, MM, 0, NN);"
   else:   # each product split over the threads by rows (M) or columns (N), whichever has more panels
-    split = ("m_lo = mp * t / nt * MR; m_hi = mn(MM, mp * (t + 1) / nt * MR);" if -(-g.M // 6) >= -(-g.N // 32)
+    split = ("m_lo = mp * t / nt * MR; m_hi = mn(MM, mp * (t + 1) / nt * MR);" if -(-g.M // MR) >= -(-g.N // NR)
              else "n_lo = np * t / nt * NR; n_hi = mn(NN, np * (t + 1) / nt * NR);")
     work = ("const long nt = omp_get_num_threads(), t = omp_get_thread_num(), mp = (MM + MR - 1) / MR, np = (NN + NR - 1) / NR;\n"
             f"long m_lo = 0, m_hi = MM, n_lo = 0, n_hi = NN;\n{split}\n{loops}gemm_part({operands}, m_lo, m_hi, n_lo, n_hi);")
