@@ -12,14 +12,34 @@ from .ops import Op
 def _pair(x): return (x, x) if isinstance(x, int) else tuple(x)
 
 
+class Windows(Function):
+  """x (..., H, W) -> (..., OH, OW, kh, kw): every output position's window (LazyBuffer.windows: a view, no copy).
+  Backward: each tap's gradient goes back where the tap read. With a stride s, input row h = q*s + r takes tap i's
+  gradient of output row q - (i*d) // s when (i*d) % s == r, so the input's gradient, seen as (..., H/s, s, W/s, s),
+  is a sum of shifted views of the taps: one kernel, nothing spread out in memory first."""
+  def forward(self, x: LazyBuffer, kernel, stride, dilation):
+    self.shape, self.kernel, self.stride, self.dilation = x.shape, kernel, stride, dilation
+    return x.windows(kernel, stride, dilation)
+
+  def backward(self, g: LazyBuffer):
+    *lead, H, W = self.shape
+    (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+    OH, OW = g.shape[-4:-2]
+    Hq, Wq, keep = -(-H // sh), -(-W // sw), tuple((0, n) for n in lead)
+    out = None
+    for i in range(kh):
+      for j in range(kw):
+        (qi, ri), (qj, rj) = divmod(i * dh, sh), divmod(j * dw, sw)
+        t = g.shrink(keep + ((0, OH), (0, OW), (i, i + 1), (j, j + 1))).reshape((*lead, OH, 1, OW, 1))
+        t = t.pad(tuple((0, 0) for _ in lead) + ((qi, Hq - OH - qi), (ri, sh - 1 - ri), (qj, Wq - OW - qj), (rj, sw - 1 - rj)))
+        out = t if out is None else out.alu(Op.ADD, t)
+    return out.reshape((*lead, Hq * sh, Wq * sw)).shrink(keep + ((0, H), (0, W)))
+
+
 def _windows(x: Tensor, kernel, stride, dilation) -> Tensor:
-  """(N, C, H, W) -> (N, C, kh*kw, OH, OW): every kernel tap as a strided slice, stacked."""
-  (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-  H, W = x.shape[-2:]
-  oh, ow = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
-  if oh <= 0 or ow <= 0: raise ValueError(f"window {kernel} with dilation {dilation} does not fit input of size {(H, W)}")
-  taps = [x[..., i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw] for i in range(kh) for j in range(kw)]
-  return Tensor.stack(taps, dim=-3) if len(taps) > 1 else taps[0].unsqueeze(-3)
+  """(..., H, W) -> (..., OH, OW, kh, kw): every window, as a view."""
+  _window_shape(x.shape[-2:], kernel, stride, dilation)
+  return Windows.apply(x, kernel=kernel, stride=stride, dilation=dilation)
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
@@ -47,6 +67,7 @@ class Conv(Function):
   def forward(self, x: LazyBuffer, w: LazyBuffer, stride, dilation, groups):
     N, C, H, W = x.shape
     O, Cg, kh, kw = w.shape
+    if not x.view.contiguous: x = x.contiguous()   # copied once (the padded input), read by forward and backward
     self.x, self.w, self.stride, self.dilation, self.groups = x, w, stride, dilation, groups
     xw = x.windows((kh, kw), stride, dilation)                                   # N, C, OH, OW, kh, kw
     OH, OW = xw.shape[2:4]
@@ -102,7 +123,7 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Te
   k = _pair(kernel_size)
   ph, pw = _pair(padding)
   if ph or pw: x = x.pad(((0, 0),) * (x.ndim - 2) + ((ph, ph), (pw, pw)), value=float("-inf"))
-  return _windows(x, k, _pair(stride if stride is not None else k), _pair(dilation)).amax(-3)
+  return _windows(x, k, _pair(stride if stride is not None else k), _pair(dilation)).amax((-2, -1))
 
 
 def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
@@ -110,7 +131,7 @@ def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
   k = _pair(kernel_size)
   ph, pw = _pair(padding)
   if ph or pw: x = x.pad(((0, 0),) * (x.ndim - 2) + ((ph, ph), (pw, pw)))
-  return _windows(x, k, _pair(stride if stride is not None else k), (1, 1)).mean(-3)
+  return _windows(x, k, _pair(stride if stride is not None else k), (1, 1)).mean((-2, -1))
 
 
 def layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:

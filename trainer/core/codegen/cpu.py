@@ -9,6 +9,7 @@ from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, alu_expr, PR
 from . import gemm
 
 PARALLEL_MIN = 1 << 15     # elements of work below which a kernel stays on one thread
+COLUMNS = 64               # outputs a thread accumulates together in a reduction read along its output axis (4 AVX-512 vectors)
 HEADER = "#include <math.h>\n#include <stdlib.h>\ntypedef _Float16 half;\n" + PRELUDE
 
 
@@ -81,17 +82,20 @@ class _Renderer:
       rkind = "+" if r_op is Op.SUM else "max"
       body.append(f"{ctype(red.dtype)} acc = {init};")
       rloops = list(range(n_out, len(shape)))
+      if self._columns(below, rloops):
+        return f"void {self.name}({', '.join(args)}) {{\n" + self._render_columns(red, inner, ivals, init, par) + "\n}\n"
       loops = [f"for (long {names[a]} = 0; {names[a]} < {shape[a]}; {names[a]}++)" for a in rloops]
-      simd = f"#pragma omp simd collapse({len(rloops)}) reduction({rkind}:acc)"
-      if n_out == 0 and par:
-        # a whole-tensor reduction: fixed chunks on the threads, partials combined in order (deterministic)
+      chunks = n_out == 0 and par
+      if chunks:   # a whole-tensor reduction: fixed chunks on the threads, partials combined in order (deterministic)
         nch, r0 = min(64, shape[rloops[0]]), names[rloops[0]]
         loops[0] = f"for (long {r0} = ch*{shape[rloops[0]]}/{nch}; {r0} < (ch+1)*{shape[rloops[0]]}/{nch}; {r0}++)"
+      loops.insert(len(loops) - 1, f"#pragma omp simd reduction({rkind}:acc)")   # the innermost loop (collapsed ones do not vectorize)
+      if chunks:
         body += [f"{ctype(red.dtype)} part[{nch}];", "#pragma omp parallel for", f"for (long ch = 0; ch < {nch}; ch++) {{",
-                 f"{ctype(red.dtype)} acc = {init};", simd, *loops, "{ " + " ".join(inner) + " " + upd + " }", "part[ch] = acc; }",
+                 f"{ctype(red.dtype)} acc = {init};", *loops, "{ " + " ".join(inner) + " " + upd + " }", "part[ch] = acc; }",
                  f"for (long ch = 0; ch < {nch}; ch++) {{ {ctype(red.dtype)} x = part[ch]; {upd.replace(ivals[id(red.srcs[0])], 'x')} }}"]
       else:
-        body += [simd, *loops, "{ " + " ".join(inner) + " " + upd + " }"]
+        body += [*loops, "{ " + " ".join(inner) + " " + upd + " }"]
       vals[id(red)] = "acc"
       # epilogue nodes are evaluated with the reduce indices at 0
       epi = [u for u in nest.nodes if id(u) not in ivals or u is red]
@@ -104,6 +108,40 @@ class _Renderer:
     out_idx = index(nest.out, names[:n_out] + ["0"] * (len(shape) - n_out))
     body.append(f"out[{out_idx}] = {store_expr(k.output.dtype, vals[id(k.ast)])};")
     return f"void {self.name}({', '.join(args)}) {{\n" + self.loops(body, par) + "\n}\n"
+
+  def _columns(self, below, rloops) -> bool:
+    """Whether the reduction reads its inputs along its last output axis (stride 1), and along its last reduce
+    axis only what every output shares (a row's scale): a sum over rows of a block of columns (a norm's weight
+    gradient), done COLUMNS at a time."""
+    n_out = self.nest.n_out
+    if n_out == 0: return False
+    loads = [self.nest.access[id(u)].strides for u in below if u.kind == "load"]
+    return any(abs(st[n_out - 1]) == 1 for st in loads) and all(st[n_out - 1] == 0 for st in loads if abs(st[rloops[-1]]) == 1)
+
+  def _render_columns(self, red, inner, ivals, init, par) -> str:
+    """Blocks of VB outputs along the last output axis on the threads; for every point of the reduce axes, the
+    block's accumulators take a vector of values; then the epilogue and the store, output by output."""
+    k, nest, names = self.k, self.nest, self.names
+    shape, n_out = nest.shape, nest.n_out
+    o, E = n_out - 1, shape[n_out - 1]
+    vb = min(E, max(16, min(COLUMNS, -(-E // 2))))
+    x = ivals[id(red.srcs[0])]
+    upd = f"acc[v] += {x};" if red.arg[0] is Op.SUM else f"acc[v] = {x} > acc[v] ? {x} : acc[v];"
+    vals = {id(red): "acc[v]"}
+    epi = []
+    saved, self.names = self.names, names[:n_out] + ["0"] * (len(shape) - n_out)
+    self.expr_lines([u for u in nest.nodes if id(u) not in ivals], epi, vals)
+    self.names = saved
+    out_idx = index(nest.out, names[:n_out] + ["0"] * (len(shape) - n_out))
+    lane = f"for (long v = 0; v < vn; v++) {{ long {names[o]} = ob + v;"
+    src = f"#pragma omp parallel for collapse({n_out})\n" if par else ""
+    src += "".join(f"for (long {names[a]} = 0; {names[a]} < {shape[a]}; {names[a]}++)\n" for a in range(o))
+    src += f"for (long ob = 0; ob < {E}; ob += {vb}) {{\nconst long vn = ob + {vb} < {E} ? {vb} : {E} - ob;\n"
+    src += f"{ctype(red.dtype)} acc[{vb}];\nfor (long v = 0; v < {vb}; v++) acc[v] = {init};\n"
+    src += "".join(f"for (long {names[a]} = 0; {names[a]} < {shape[a]}; {names[a]}++)\n" for a in range(n_out, len(shape)))
+    src += f"{{\n#pragma omp simd\n{lane} {' '.join(inner)} {upd} }}\n}}\n"
+    src += f"{lane} {' '.join(epi)} out[{out_idx}] = {store_expr(k.output.dtype, vals[id(k.ast)])}; }}\n}}"
+    return src
 
   def loops(self, body, par) -> str:
     shape, n_out, names = self.nest.shape, self.nest.n_out, self.names
