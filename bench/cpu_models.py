@@ -7,7 +7,8 @@ Run.train, the loop launch.py runs, float32 at the recipe's own shapes: 3 steps 
 then `--steps` timed ones. Printed per recipe: the median time of the jitted step (forward, backward, optimizer,
 what torch's step also does), the median of the loop's whole step (with the batch's preparation and logging), the
 kernels per step, and the peak of live buffers (the first, unjitted step's and a replay's). `--torch` names a Python
-that has torch (default /work/venv-torch/bin/python when it exists); it runs ../shared/yardsticks/torch_cpu.py for
+that has torch (default /work/venv-torch/bin/python when it exists); it runs `--yardstick` (default
+../shared/yardsticks/torch_cpu.py) for
 torch eager and torch.compile at the same shapes right after ours, and the ratio torch time / our time is printed
 (> 1: we are faster). Without torch only our figures are printed. `--rounds N` alternates ours and torch N times
 (the machine is shared: say how far the rounds disagree). `--profile` times each kernel of one replay by kind.
@@ -92,8 +93,8 @@ def profile_replay(step, reps: int = 5, top: int = 15) -> dict:
               top=sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top])
 
 
-def run_torch(python: str, model: str, steps: int) -> dict:
-  r = subprocess.run([python, YARDSTICK, model, "--reps", str(steps)], capture_output=True, text=True, timeout=1800)
+def run_torch(python: str, yardstick: str, model: str, steps: int) -> dict:
+  r = subprocess.run([python, yardstick, model, "--reps", str(steps)], capture_output=True, text=True, timeout=1800)
   got = {m: float(v) / 1e3 for m, v in re.findall(rf"ANCHOR torch_(eager|compile)_cpu_{model}_tiny_step (\S+) ms", r.stdout)}
   if not got: print(f"torch yardstick failed: {r.stdout[-1000:]} {r.stderr[-2000:]}", flush=True)
   return got
@@ -111,18 +112,19 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("models", nargs="*", default=list(RECIPES), help="llama, resnet (default both)")
   ap.add_argument("--torch", default=TORCH_PYTHON if os.path.exists(TORCH_PYTHON) else None, help="a Python with torch (the yardstick)")
+  ap.add_argument("--yardstick", default=YARDSTICK, help="torch_cpu.py (default ../shared/yardsticks/torch_cpu.py)")
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--rounds", type=int, default=1)
   ap.add_argument("--profile", action="store_true")
   a = ap.parse_args()
   if set(a.models) - set(RECIPES): ap.error(f"models: choose from {list(RECIPES)}")
-  torch = a.torch if a.torch and os.path.exists(a.torch) and os.path.exists(YARDSTICK) else None
+  torch = a.torch if a.torch and os.path.exists(a.torch) and os.path.exists(a.yardstick) else None
   print(f"device: CPU:0 = {cpu_name()}, {os.cpu_count()} cores; torch: {torch or 'none (ours only)'}", flush=True)
   rows = []
   for model in a.models:
     for rnd in range(a.rounds):
       ours = run_ours(model, a.steps, a.profile and rnd == 0)
-      theirs = run_torch(torch, model, a.steps) if torch else {}
+      theirs = run_torch(torch, a.yardstick, model, a.steps) if torch else {}
       rows.append((model, rnd, ours, theirs))
       ratio = lambda m: f" {theirs[m] / ours['step']:.2f}x" if m in theirs else ""
       print(f"{model}_tiny round {rnd + 1}: ours {ours['step'] * 1e3:.2f} ms/step ({ours['batch'] * ours['per_sample'] / ours['step']:,.0f} {ours['unit']}/s; "

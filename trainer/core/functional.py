@@ -62,12 +62,12 @@ class Conv(Function):
   matrix product whose K is channel x kernel row x kernel column, read where the input lies (no window matrix).
     out[n, g, o, y, x] = sum_{c, i, j} xp[n, g, c, y*sh + i*dh, x*sw + j*dw] * w[g, o, c, i, j]
   Gradients, as contractions too: the weight's sums the output gradient times the same windows over (n, y, x);
-  the input's is a stride-1 convolution (dilation d) of the output gradient, spread by the stride (zeros between)
-  and padded by the kernel's reach, with the kernel flipped and its in/out channels swapped."""
+  the input's is made of stride-1 convolutions of the output gradient with the kernel's taps flipped and its
+  in/out channels swapped, one per residue of the stride (_conv_input_grad)."""
   def forward(self, x: LazyBuffer, w: LazyBuffer, stride, dilation, groups):
     N, C, H, W = x.shape
     O, Cg, kh, kw = w.shape
-    if not x.view.contiguous: x = x.contiguous()   # copied once (the padded input), read by forward and backward
+    if x.view.mask is not None: x = x.contiguous()   # a padded input copied once, read by forward and backward
     self.x, self.w, self.stride, self.dilation, self.groups = x, w, stride, dilation, groups
     xw = x.windows((kh, kw), stride, dilation)                                   # N, C, OH, OW, kh, kw
     OH, OW = xw.shape[2:4]
@@ -80,25 +80,59 @@ class Conv(Function):
     x, w, G = self.x, self.w, self.groups
     N, C, H, W = x.shape
     O, Cg, kh, kw = w.shape
-    (sh, sw), (dh, dw), Og = self.stride, self.dilation, O // G
-    OH, OW = g.shape[2:]
+    Og, (OH, OW) = O // G, g.shape[2:]
     gx = gw = None
     if self.needs_input_grad[1]:
       xw = x.windows((kh, kw), self.stride, self.dilation).reshape((N, G, Cg, OH, OW, kh, kw)).permute((1, 2, 5, 6, 0, 3, 4))
       xw = xw.reshape((G, 1, Cg, kh, kw, N, OH, OW)).expand((G, Og, Cg, kh, kw, N, OH, OW))
       gv = g.reshape((N, G, Og, OH, OW)).permute((1, 2, 0, 3, 4)).reshape((G, Og, 1, 1, 1, N, OH, OW)).expand(xw.shape)
       gw = gv.alu(Op.MUL, xw).reduce(Op.SUM, (5, 6, 7)).reshape(w.shape)
-    if self.needs_input_grad[0]:
-      if (sh, sw) != (1, 1):   # spread: the gradient at output (y, x) belongs at input (y*sh, x*sw); zeros between
-        g = g.reshape((N, O, OH, 1, OW, 1)).pad(((0, 0), (0, 0), (0, 0), (0, sh - 1), (0, 0), (0, sw - 1))).reshape((N, O, OH * sh, OW * sw))
-        g = g.shrink(((0, N), (0, O), (0, (OH - 1) * sh + 1), (0, (OW - 1) * sw + 1)))
-      rh, rw = (kh - 1) * dh, (kw - 1) * dw
-      gp = g.pad(((0, 0), (0, 0), (rh, H - g.shape[2]), (rw, W - g.shape[3])))
-      gwin = gp.windows((kh, kw), (1, 1), self.dilation).reshape((N, G, 1, Og, H, W, kh, kw)).permute((0, 1, 2, 4, 5, 3, 6, 7))
-      gwin = gwin.expand((N, G, Cg, H, W, Og, kh, kw))
-      wt = w.flip((2, 3)).reshape((G, Og, Cg, kh, kw)).permute((0, 2, 1, 3, 4)).reshape((1, G, Cg, 1, 1, Og, kh, kw)).expand(gwin.shape)
-      gx = gwin.alu(Op.MUL, wt).reduce(Op.SUM, (5, 6, 7)).reshape(x.shape)
+    if self.needs_input_grad[0]: gx = _conv_input_grad(g, w, x.shape, self.stride, self.dilation, G)
     return gx, gw
+
+
+def _phases(k: int, s: int, d: int) -> list:
+  """The taps of a kernel of k taps (dilation d) that reach the input positions of each residue r modulo the
+  stride s: (first tap, number of taps, tap step, first and last offset in output positions, offset step), None
+  for a residue no tap reaches."""
+  out = []
+  for r in range(s):
+    taps = [i for i in range(k) if i * d % s == r]
+    a = [i * d // s for i in taps]
+    out.append((taps[0], len(taps), taps[1] - taps[0] if len(taps) > 1 else 1, a[0], a[-1], a[1] - a[0] if len(a) > 1 else 1) if taps else None)
+  return out
+
+
+def _conv_input_grad(g: LazyBuffer, w: LazyBuffer, shape, stride, dilation, groups) -> LazyBuffer:
+  """The gradient of a convolution's (padded) input: input row h = q*s + r gets, from each tap i with i*d = r
+  (mod s), the output gradient of row q - (i*d) // s; so each residue (r, t) of the stride is a stride-1
+  convolution of the output gradient with those taps, flipped (no product with the zeros a spread gradient would
+  have), and the residues interleave into the result. One padded copy of the gradient serves them all."""
+  N, C, H, W = shape
+  O, Cg, kh, kw = w.shape
+  (sh, sw), (dh, dw), G, Og = stride, dilation, groups, O // groups
+  OH, OW = g.shape[2:]
+  Hq, Wq = -(-H // sh), -(-W // sw)
+  rows, cols = _phases(kh, sh, dh), _phases(kw, sw, dw)
+  before = (max(p[4] for p in rows if p), max(p[4] for p in cols if p))
+  after = (max(0, max(Hq - p[3] for p in rows if p) - OH), max(0, max(Wq - p[3] for p in cols if p) - OW))
+  gp = g.pad(((0, 0), (0, 0), (before[0], after[0]), (before[1], after[1])))
+  if gp.view.mask is not None: gp = gp.contiguous()
+  out = None
+  for r, pr in enumerate(rows):
+    for t, pc in enumerate(cols):
+      if pr is None or pc is None: continue
+      (i0, n, li, _, ai, di), (j0, m, lj, _, aj, dj) = pr, pc
+      y0, x0 = before[0] - ai, before[1] - aj
+      gv = gp.shrink(((0, N), (0, O), (y0, y0 + Hq + (n - 1) * di), (x0, x0 + Wq + (m - 1) * dj)))
+      gwin = gv.windows((n, m), (1, 1), (di, dj)).reshape((N, G, 1, Og, Hq, Wq, n, m)).permute((0, 1, 2, 4, 5, 3, 6, 7))
+      gwin = gwin.expand((N, G, Cg, Hq, Wq, Og, n, m))
+      taps = w.shrink(((0, O), (0, Cg), (i0, i0 + (n - 1) * li + 1), (j0, j0 + (m - 1) * lj + 1))).windows((n, m), (1, 1), (li, lj))
+      taps = taps.reshape((G, Og, Cg, n, m)).flip((3, 4)).permute((0, 2, 1, 3, 4)).reshape((1, G, Cg, 1, 1, Og, n, m)).expand(gwin.shape)
+      part = gwin.alu(Op.MUL, taps).reduce(Op.SUM, (5, 6, 7)).reshape((N, C, Hq, 1, Wq, 1))
+      part = part.pad(((0, 0), (0, 0), (0, 0), (r, sh - 1 - r), (0, 0), (t, sw - 1 - t)))
+      out = part if out is None else out.alu(Op.ADD, part)
+  return out.reshape((N, C, Hq * sh, Wq * sw)).shrink(((0, N), (0, C), (0, H), (0, W)))
 
 
 def _window_shape(size, kernel, stride, dilation) -> tuple:

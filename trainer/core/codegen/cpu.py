@@ -9,6 +9,7 @@ from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, alu_expr, PR
 from . import gemm
 
 PARALLEL_MIN = 1 << 15     # elements of work below which a kernel stays on one thread
+LANES = 64                 # an innermost reduce loop this short accumulates in one lane per iteration
 COLUMNS = 64               # outputs a thread accumulates together in a reduction read along its output axis (4 AVX-512 vectors)
 HEADER = "#include <math.h>\n#include <stdlib.h>\ntypedef _Float16 half;\n" + PRELUDE
 
@@ -94,6 +95,13 @@ class _Renderer:
         body += [f"{ctype(red.dtype)} part[{nch}];", "#pragma omp parallel for", f"for (long ch = 0; ch < {nch}; ch++) {{",
                  f"{ctype(red.dtype)} acc = {init};", *loops, "{ " + " ".join(inner) + " " + upd + " }", "part[ch] = acc; }",
                  f"for (long ch = 0; ch < {nch}; ch++) {{ {ctype(red.dtype)} x = part[ch]; {upd.replace(ivals[id(red.srcs[0])], 'x')} }}"]
+      elif len(rloops) > 1 and shape[rloops[-1]] <= LANES:
+        # a short innermost reduce loop: one accumulator per lane for the whole reduction, summed at the end (a
+        # reduction clause would add its vector up across lanes at every pass of the loops outside it)
+        lanes, ln, x = shape[rloops[-1]], names[rloops[-1]], ivals[id(red.srcs[0])]
+        body += [f"{ctype(red.dtype)} lane[{lanes}];", f"for (long v = 0; v < {lanes}; v++) lane[v] = {init};", *loops[:-2],
+                 "{\n#pragma omp simd", loops[-1], "{ " + " ".join(inner) + " " + upd.replace("acc", f"lane[{ln}]") + " } }",
+                 f"for (long v = 0; v < {lanes}; v++) {{ {ctype(red.dtype)} x = lane[v]; {upd.replace(x, 'x')} }}"]
       else:
         body += [*loops, "{ " + " ".join(inner) + " " + upd + " }"]
       vals[id(red)] = "acc"
