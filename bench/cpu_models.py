@@ -62,9 +62,10 @@ def run_ours(model: str, steps: int, profile: bool) -> dict:
 
 
 def kind(desc: str) -> str:
-  """The profile's kinds: matrix products and convolutions (contractions), the optimizer's kernels, elementwise
-  kernels, reductions, embedding rows."""
+  """The profile's kinds: matrix products and convolutions (contractions), fused attention, the optimizer's kernels,
+  elementwise kernels, reductions, embedding rows."""
   if desc.startswith("custom AdamW") or " in place" in desc: return "optimizer"
+  if desc.startswith("custom Attention"): return "attention"
   if desc.startswith("custom"): return "embedding rows"
   if desc.startswith("product"): return "convolution" if len(re.search(r"\((.*?)\)", desc).group(1).split(",")) >= 7 else "matmul"
   return desc.split()[0]

@@ -203,7 +203,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
   enable_gqa a divisor of H (grouped-query heads share key/value). attn_mask broadcasts to (..., H, T, S) as torch's:
   bool (True takes part) or a float added to the scores. is_causal masks keys after the query (s <= t, the upper-left
   triangle for T != S, as torch). dropout_p drops attention weights whenever it is > 0 (torch's function does not look
-  at a training flag either). A row that sees no key gives zeros, as torch's. The fused CUDA kernels run when
+  at a training flag either). A row that sees no key gives zeros, as torch's. The fused kernels (CUDA, CPU) run when
   attention.covers() the call (no mask, no dropout); everything else composes primitive ops."""
   q, k, v = query, key, value
   *b, H, T, D = q.shape
