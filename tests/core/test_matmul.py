@@ -74,3 +74,13 @@ def test_contraction_of_unmergeable_axes():
   np.testing.assert_allclose(B.grad.numpy(), np.einsum("pqst,kpqr->rskt", g, a), rtol=1e-4, atol=1e-3)
   low = (xa.cast("bfloat16") * xb.cast("bfloat16")).sum((-2, -1))   # an output that cannot accumulate across K blocks
   np.testing.assert_allclose(low.float().numpy(), ref, rtol=3e-2, atol=1.0)
+
+
+def test_long_k_small_output():
+  """A product with a long K and few output tiles (a weight gradient), whose threads each sum a part of K, into
+  float32, bfloat16 and transposed outputs."""
+  a, b = rnd(700, 11, seed=15), rnd(700, 21, seed=16)
+  A, B = Tensor(a.astype(np.float32)), Tensor(b.astype(np.float32))
+  np.testing.assert_allclose((A.T @ B).numpy(), a.T @ b, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose((A.T @ B).T.contiguous().numpy(), (a.T @ b).T, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose((A.T.cast("bfloat16") @ B.cast("bfloat16")).float().numpy(), a.T @ b, rtol=3e-2, atol=0.5)

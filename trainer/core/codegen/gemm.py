@@ -205,22 +205,22 @@ static inline void micro(long kb, const float* restrict ap, const float* restric
 }
 /* rows [m_lo, m_hi) x columns [n_lo, n_hi) of one product, on this thread, with its packing buffers */
 static void gemm_part(const TA* restrict a, const TB* restrict b, TO* restrict out, const long* restrict T, float* restrict ap, float* restrict bp,
-                      long m_lo, long m_hi, long n_lo, long n_hi) {
-  if (KK == 0) {
+                      long m_lo, long m_hi, long n_lo, long n_hi, long k_lo, long k_hi) {
+  if (k_lo >= k_hi) {
     for (long i = m_lo; i < m_hi; i++) for (long j = n_lo; j < n_hi; j++) out[CM(i) + CN(j)] = STORE(0.0f);
     return;
   }
   for (long n0 = n_lo; n0 < n_hi; n0 += NC) {
     const long nlen = mn(NC, n_hi - n0);
-    for (long k0 = 0; k0 < KK; k0 += KC) {
-      const long kb = mn(KC, KK - k0);
+    for (long k0 = k_lo; k0 < k_hi; k0 += KC) {
+      const long kb = mn(KC, k_hi - k0);
       pack_b(bp, b, T, n0, nlen, k0, kb);
       for (long m0 = m_lo; m0 < m_hi; m0 += MC) {
         const long mlen = mn(MC, m_hi - m0);
         pack_a(ap, a, T, m0, mlen, k0, kb);
         for (long jp = 0; jp < nlen; jp += NR)
           for (long ip = 0; ip < mlen; ip += MR)
-            micro(kb, ap + ip*kb, bp + jp*kb, out, T, m0 + ip, n0 + jp, mn(MR, mlen - ip), mn(NR, nlen - jp), k0 == 0);
+            micro(kb, ap + ip*kb, bp + jp*kb, out, T, m0 + ip, n0 + jp, mn(MR, mlen - ip), mn(NR, nlen - jp), k0 == k_lo);
       }
     }
   }
@@ -232,6 +232,7 @@ MC, NC = 96, 512      # rows of A and columns of B packed at a time (a thread's 
 KC = 256              # depth of a packed block: an NR-column panel of B, KC deep, stays in L1 (32 KiB) while A streams
 PARALLEL_MACS = 1 << 17   # multiply-adds below which a product runs on one thread (an OpenMP fork costs a few microseconds)
 BATCH_SPLIT = 4       # products in a batch from which threads take whole products instead of splitting each
+KSPLIT_TILES = 16     # output tiles (MR x NR) below which threads split K instead (a weight gradient: long K, small M x N)
 
 
 def _tables(g: Gemm) -> tuple[dict, list]:
@@ -274,29 +275,44 @@ def render(name: str, g: Gemm, k: Kernel) -> str:
   ta, tb, to = (k.inputs[g.a].dtype, k.inputs[g.b].dtype, k.output.dtype)
   macros, fill, tsize = _tables(g)
   nb = math.prod(e for e, *_ in g.batch)
-  kc = min(KC, g.K) if to is dtypes.float32 else max(g.K, 1)   # other outputs cannot accumulate across K blocks: one block
-  defs = {"TA": f"const {STORAGE[ta]}", "TB": f"const {STORAGE[tb]}", "TO": STORAGE[to], "MM": g.M, "NN": g.N, "KK": g.K,
-          "MC": min(MC, -(-g.M // MR) * MR), "NC": min(NC, -(-g.N // NR) * NR), "KC": max(kc, 1), "OUT_F32": int(to is dtypes.float32),
+  par = g.M * g.N * g.K * nb >= PARALLEL_MACS
+  tiles = -(-g.M // MR) * -(-g.N // NR)
+  ksplit = par and nb == 1 and tiles < KSPLIT_TILES and g.K >= 2 * KC
+  if ksplit:   # the threads sum parts of K into float32 M x N blocks of their own; the blocks are added into the output after
+    macros |= {"OCM": macros["CM"], "OCN": macros["CN"], "CM": "((long)(x)*NN)", "CN": "(x)", "N_RUN": "1"}
+  kc = min(KC, g.K) if to is dtypes.float32 or ksplit else max(g.K, 1)   # other outputs cannot accumulate across K blocks: one block
+  defs = {"TA": f"const {STORAGE[ta]}", "TB": f"const {STORAGE[tb]}", "TO": "float" if ksplit else STORAGE[to], "MM": g.M, "NN": g.N, "KK": g.K,
+          "MC": min(MC, -(-g.M // MR) * MR), "NC": min(NC, -(-g.N // NR) * NR), "KC": max(kc, 1), "OUT_F32": int(to is dtypes.float32 or ksplit),
           "A_ALONG_M": int(_along(g.m, g.k, 1, 1, MR)), "B_ALONG_N": int(_along(g.n, g.k, 1, 2, NR)),
           "KEXT_IN": g.k[-1][0], "AKS_IN": g.k[-1][1], "BKS_IN": g.k[-1][2], "NEXT_IN": g.n[-1][0] if g.n else 1, "BNS_IN": g.n[-1][1] if g.n else 0}
   head = "".join(f"#define {key} {val}\n" for key, val in defs.items())
   head += "".join(f"#define {key}(x) {val}\n" for key, val in macros.items())
-  head += (f"#define LOADA(x) {load_expr(ta, '(x)')}\n#define LOADB(x) {load_expr(tb, '(x)')}\n#define STORE(x) {store_expr(to, '(x)')}\n"
-           f"#define LOADC(x) {load_expr(to, '(x)')}\n")
+  stores = {"STORE": store_expr(to, "(x)"), "LOADC": load_expr(to, "(x)")}
+  if ksplit: stores = {"STORE": "(x)", "LOADC": "(x)", "OSTORE": stores["STORE"]}
+  head += f"#define LOADA(x) {load_expr(ta, '(x)')}\n#define LOADB(x) {load_expr(tb, '(x)')}\n" + "".join(f"#define {key}(x) {val}\n" for key, val in stores.items())
   args = [f"{STORAGE[to]}* restrict out"] + [f"const {STORAGE[b.dtype]}* restrict in{i}" for i, b in enumerate(k.inputs)]
   names = [f"b{i}" for i in range(len(g.batch))]
   off = lambda base, j: "+".join([str(base)] + [f"{v}*({e[j]})" for v, e in zip(names, g.batch)])
   loops = "".join(f"for (long {v} = 0; {v} < {e[0]}; {v}++)\n" for v, e in zip(names, g.batch))
-  operands = f"in{g.a} + {off(g.oa, 1)}, in{g.b} + {off(g.ob, 2)}, out + {off(g.oc, 3)}, T, ap, bp"
-  par = g.M * g.N * g.K * nb >= PARALLEL_MACS
-  if par and nb >= BATCH_SPLIT:   # many products: whole ones per thread
-    work = f"#pragma omp for collapse({len(names)}) schedule(static)\n{loops}gemm_part({operands}, 0, MM, 0, NN);"
+  operands = lambda dst: f"in{g.a} + {off(g.oa, 1)}, in{g.b} + {off(g.ob, 2)}, {dst}, T, ap, bp"
+  thread = "const long nt = omp_get_num_threads(), t = omp_get_thread_num(), mp = (MM + MR - 1) / MR, np = (NN + NR - 1) / NR;\n"
+  pre, post = "", ""
+  if ksplit:
+    pre = "float* parts = (float*)aligned_alloc(64, omp_get_max_threads() * MM * NN * 4 + 64);\n"
+    work = (thread + "const long kb = (KK + KC - 1) / KC;\n"
+            f"gemm_part({operands('parts + t * MM * NN')}, 0, MM, 0, NN, kb * t / nt * KC, mn(KK, kb * (t + 1) / nt * KC));\n"
+            "#pragma omp barrier\n"
+            f"for (long i = MM * t / nt; i < MM * (t + 1) / nt; i++) for (long j = 0; j < NN; j++) {{\n"
+            "  float s = 0.0f;\n  for (long u = 0; u < nt; u++) s += parts[u * MM * NN + i * NN + j];\n"
+            f"  out[{off(g.oc, 3)} + OCM(i) + OCN(j)] = OSTORE(s);\n}}")
+    post = "free(parts);\n"
+  elif par and nb >= BATCH_SPLIT:   # many products: whole ones per thread
+    work = f"#pragma omp for collapse({len(names)}) schedule(static)\n{loops}gemm_part({operands('out + ' + off(g.oc, 3))}, 0, MM, 0, NN, 0, KK);"
   else:   # each product split over the threads by rows (M) or columns (N), whichever has more panels
     split = ("m_lo = mp * t / nt * MR; m_hi = mn(MM, mp * (t + 1) / nt * MR);" if -(-g.M // MR) >= -(-g.N // NR)
              else "n_lo = np * t / nt * NR; n_hi = mn(NN, np * (t + 1) / nt * NR);")
-    work = ("const long nt = omp_get_num_threads(), t = omp_get_thread_num(), mp = (MM + MR - 1) / MR, np = (NN + NR - 1) / NR;\n"
-            f"long m_lo = 0, m_hi = MM, n_lo = 0, n_hi = NN;\n{split}\n{loops}gemm_part({operands}, m_lo, m_hi, n_lo, n_hi);")
+    work = (thread + f"long m_lo = 0, m_hi = MM, n_lo = 0, n_hi = NN;\n{split}\n{loops}gemm_part({operands('out + ' + off(g.oc, 3))}, m_lo, m_hi, n_lo, n_hi, 0, KK);")
   table = [f"long* T = (long*)malloc({max(tsize, 1) * 8});", *fill] if tsize else ["const long* T = 0;"]
-  return (head + TEMPLATE + f"void {name}({', '.join(args)}) {{\n" + "\n".join(table) + f"\n#pragma omp parallel if({int(par)})\n{{\n"
+  return (head + TEMPLATE + f"void {name}({', '.join(args)}) {{\n" + "\n".join(table) + f"\n{pre}#pragma omp parallel if({int(par)})\n{{\n"
           "float* ap = (float*)aligned_alloc(64, MC * KC * 4);\nfloat* bp = (float*)aligned_alloc(64, KC * NC * 4);\n"
-          f"{work}\nfree(ap); free(bp);\n}}\n" + ("free(T);\n" if tsize else "") + "}\n")
+          f"{work}\nfree(ap); free(bp);\n}}\n{post}" + ("free(T);\n" if tsize else "") + "}\n")
