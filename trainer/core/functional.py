@@ -14,26 +14,54 @@ def _pair(x): return (x, x) if isinstance(x, int) else tuple(x)
 
 class Windows(Function):
   """x (..., H, W) -> (..., OH, OW, kh, kw): every output position's window (LazyBuffer.windows: a view, no copy).
-  Backward: each tap's gradient goes back where the tap read. With a stride s, input row h = q*s + r takes tap i's
-  gradient of output row q - (i*d) // s when (i*d) % s == r, so the input's gradient, seen as (..., H/s, s, W/s, s),
-  is a sum of shifted views of the taps: one kernel, nothing spread out in memory first."""
+  Backward: each tap's gradient goes back where the tap read (_place_taps)."""
   def forward(self, x: LazyBuffer, kernel, stride, dilation):
     self.shape, self.kernel, self.stride, self.dilation = x.shape, kernel, stride, dilation
     return x.windows(kernel, stride, dilation)
 
   def backward(self, g: LazyBuffer):
-    *lead, H, W = self.shape
-    (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
-    OH, OW = g.shape[-4:-2]
-    Hq, Wq, keep = -(-H // sh), -(-W // sw), tuple((0, n) for n in lead)
-    out = None
-    for i in range(kh):
-      for j in range(kw):
-        (qi, ri), (qj, rj) = divmod(i * dh, sh), divmod(j * dw, sw)
-        t = g.shrink(keep + ((0, OH), (0, OW), (i, i + 1), (j, j + 1))).reshape((*lead, OH, 1, OW, 1))
-        t = t.pad(tuple((0, 0) for _ in lead) + ((qi, Hq - OH - qi), (ri, sh - 1 - ri), (qj, Wq - OW - qj), (rj, sw - 1 - rj)))
-        out = t if out is None else out.alu(Op.ADD, t)
-    return out.reshape((*lead, Hq * sh, Wq * sw)).shrink(keep + ((0, H), (0, W)))
+    keep = tuple((0, n) for n in g.shape[:-2])
+    return _place_taps(lambda i, j: g.shrink(keep + ((i, i + 1), (j, j + 1))).reshape(g.shape[:-2]), self.shape, self.kernel, self.stride, self.dilation)
+
+
+class MaxPool(Function):
+  """The largest value of each window of x (padded already), read through a window view. Backward: each window's
+  gradient shared by its maxima (ties split it evenly, as amax's rule), placed back tap by tap (_place_taps): one
+  kernel of the taps' masks and the shared gradient, with no window-sized intermediate."""
+  def forward(self, x: LazyBuffer, kernel, stride, dilation):
+    if x.view.mask is not None: x = x.contiguous()   # a padded input copied once, read by forward and backward
+    self.x, self.kernel, self.stride, self.dilation = x, kernel, stride, dilation
+    win = x.windows(kernel, stride, dilation)
+    self.out = win.reduce(Op.RMAX, (len(win.shape) - 2, len(win.shape) - 1)).reshape(win.shape[:-2])
+    return self.out
+
+  def backward(self, g: LazyBuffer):
+    win = self.x.windows(self.kernel, self.stride, self.dilation)
+    top = self.out.reshape(self.out.shape + (1, 1)).expand(win.shape)
+    count = win.alu(Op.CMPEQ, top).cast(g.dtype).reduce(Op.SUM, (len(win.shape) - 2, len(win.shape) - 1)).reshape(g.shape)
+    share, keep = g.alu(Op.MUL, count.alu(Op.RECIP)), tuple((0, n) for n in g.shape)
+    tap = lambda i, j: win.shrink(keep + ((i, i + 1), (j, j + 1))).reshape(g.shape).alu(Op.CMPEQ, self.out).cast(g.dtype).alu(Op.MUL, share)
+    return _place_taps(tap, self.x.shape, self.kernel, self.stride, self.dilation)
+
+
+def _place_taps(tap, shape, kernel, stride, dilation) -> LazyBuffer:
+  """The gradient of (..., H, W) from each tap's gradient, tap(i, j) of shape (..., OH, OW): each goes back where the
+  tap read. With a stride s, input row h = q*s + r takes tap i's gradient of output row q - (i*d) // s when
+  (i*d) % s == r, so the result, seen as (..., H/s, s, W/s, s), is a sum of shifted views of the taps: one kernel,
+  nothing spread out in memory first."""
+  *lead, H, W = shape
+  (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+  out, keep = None, tuple((0, n) for n in lead)
+  for i in range(kh):
+    for j in range(kw):
+      t = tap(i, j)
+      OH, OW = t.shape[-2:]
+      Hq, Wq = -(-H // sh), -(-W // sw)
+      (qi, ri), (qj, rj) = divmod(i * dh, sh), divmod(j * dw, sw)
+      t = t.reshape((*lead, OH, 1, OW, 1))
+      t = t.pad(tuple((0, 0) for _ in lead) + ((qi, Hq - OH - qi), (ri, sh - 1 - ri), (qj, Wq - OW - qj), (rj, sw - 1 - rj)))
+      out = t if out is None else out.alu(Op.ADD, t)
+  return out.reshape((*lead, Hq * sh, Wq * sw)).shrink(keep + ((0, H), (0, W)))
 
 
 def _windows(x: Tensor, kernel, stride, dilation) -> Tensor:
@@ -157,7 +185,9 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Te
   k = _pair(kernel_size)
   ph, pw = _pair(padding)
   if ph or pw: x = x.pad(((0, 0),) * (x.ndim - 2) + ((ph, ph), (pw, pw)), value=float("-inf"))
-  return _windows(x, k, _pair(stride if stride is not None else k), _pair(dilation)).amax((-2, -1))
+  s, d = _pair(stride if stride is not None else k), _pair(dilation)
+  _window_shape(x.shape[-2:], k, s, d)
+  return MaxPool.apply(x, kernel=k, stride=s, dilation=d)
 
 
 def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:

@@ -1,6 +1,8 @@
 """Render a kernel as C for the CPU runtime: a loop nest with OpenMP threads over the output axes and
 SIMD inner loops; contractions (matmul, conv) go to a packed, register-blocked matrix product."""
 from __future__ import annotations
+import itertools
+from math import prod
 from ..ops import Op
 from ..dtypes import dtypes
 from ..schedule import Kernel
@@ -9,6 +11,8 @@ from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, alu_expr, PR
 from . import gemm
 
 PARALLEL_MIN = 1 << 15     # elements of work below which a kernel stays on one thread
+UNROLL = 4                 # output loops this short (inside the first) are unrolled, not looped over
+UNROLLED = 16              # copies of a body at most: unrolled loops, or a reduction this small, unrolled, vectorised across outputs
 LANES = 64                 # an innermost reduce loop this short accumulates in one lane per iteration
 COLUMNS = 64               # outputs a thread accumulates together in a reduction read along its output axis (4 AVX-512 vectors)
 HEADER = "#include <math.h>\n#include <stdlib.h>\ntypedef _Float16 half;\n" + PRELUDE
@@ -41,6 +45,8 @@ def valid(acc: Access, names) -> str | None:
 class _Renderer:
   def __init__(self, k: Kernel, nest: LoopNest, name: str):
     self.k, self.nest, self.name = k, nest, name
+    self.vector_outputs = False   # a reduction whose innermost output loop runs in vectors (few values per output)
+    self.unrolled = []            # loop axes written out as copies of the body
     self.names = [f"i{a}" for a in range(len(nest.shape))]
 
   def expr_lines(self, nodes, lines, vals):
@@ -72,7 +78,15 @@ class _Renderer:
     red = k.reduce
     body, vals = [], {}
     if red is None:
-      self.expr_lines(nest.nodes, body, vals)
+      # loops of a few iterations inside the first are unrolled (up to UNROLLED copies of the body)
+      for a in reversed(range(1, n_out)):
+        if shape[a] <= UNROLL and prod(shape[b] for b in self.unrolled) * shape[a] <= UNROLLED: self.unrolled.append(a)
+      out_idx = lambda: index(nest.out, self.names[:n_out] + ["0"] * (len(shape) - n_out))
+      def element():
+        lines, vals = [], {}
+        self.expr_lines(nest.nodes, lines, vals)
+        return lines + [f"out[{out_idx()}] = {store_expr(k.output.dtype, vals[id(k.ast)])};"]
+      return f"void {self.name}({', '.join(args)}) {{\n" + self.loops(self.copies(self.unrolled, element), par) + "\n}\n"
     else:
       below = red.srcs[0].walk()
       inner, ivals = [], {}
@@ -95,6 +109,14 @@ class _Renderer:
         body += [f"{ctype(red.dtype)} part[{nch}];", "#pragma omp parallel for", f"for (long ch = 0; ch < {nch}; ch++) {{",
                  f"{ctype(red.dtype)} acc = {init};", *loops, "{ " + " ".join(inner) + " " + upd + " }", "part[ch] = acc; }",
                  f"for (long ch = 0; ch < {nch}; ch++) {{ {ctype(red.dtype)} x = part[ch]; {upd.replace(ivals[id(red.srcs[0])], 'x')} }}"]
+      elif n_out and prod(shape[a] for a in rloops) <= UNROLLED:
+        # a few values per output (a pooling window): the reduce loops unrolled inside outputs taken in vectors
+        self.vector_outputs = True
+        def value():
+          lines, vs = [], {}
+          self.expr_lines(below, lines, vs)
+          return lines + [upd.replace(ivals[id(red.srcs[0])], vs[id(red.srcs[0])])]
+        body += self.copies(rloops, value)
       elif len(rloops) > 1 and shape[rloops[-1]] <= LANES:
         # a short innermost reduce loop: one accumulator per lane for the whole reduction, summed at the end (a
         # reduction clause would add its vector up across lanes at every pass of the loops outside it)
@@ -116,6 +138,16 @@ class _Renderer:
     out_idx = index(nest.out, names[:n_out] + ["0"] * (len(shape) - n_out))
     body.append(f"out[{out_idx}] = {store_expr(k.output.dtype, vals[id(k.ast)])};")
     return f"void {self.name}({', '.join(args)}) {{\n" + self.loops(body, par) + "\n}\n"
+
+  def copies(self, axes, lines_of) -> list:
+    """A block of lines_of() for each combination of the values of `axes` (short loops, unrolled): in each, those
+    axes' indices are constants, so offsets and masks (a pad's, a stride's residues) fold away."""
+    saved, out = self.names, []
+    for combo in itertools.product(*(range(self.nest.shape[a]) for a in axes)):
+      self.names = [str(combo[axes.index(a)]) if a in axes else n for a, n in enumerate(saved)]
+      out.append("{ " + " ".join(lines_of()) + " }")
+    self.names = saved
+    return out
 
   def _columns(self, below, rloops) -> bool:
     """Whether the reduction reads its inputs along its last output axis (stride 1), and along its last reduce
@@ -160,11 +192,12 @@ class _Renderer:
       n = shape[0]
       return (f"{'#pragma omp parallel for' if par else ''}\nfor (long c = 0; c < {n}; c += 4096) {{\n"
               f"long e = c + 4096 < {n} ? c + 4096 : {n};\n#pragma omp simd\nfor (long i0 = c; i0 < e; i0++) {{\n{inner}\n}}\n}}")
-    src = ""
-    outer = n_out if red else n_out - 1
+    src, axes = "", [a for a in range(n_out) if a not in self.unrolled]
+    vec = not red or self.vector_outputs   # the innermost output loop runs in vectors; the threads share the others
+    outer = len(axes) - 1 if vec else len(axes)
     if par and outer > 0: src += f"#pragma omp parallel for collapse({outer})\n"
-    for a in range(n_out):
-      if not red and a == n_out - 1: src += "#pragma omp simd\n"
+    for a in axes:
+      if vec and a == axes[-1]: src += "#pragma omp simd\n"
       src += f"for (long {names[a]} = 0; {names[a]} < {shape[a]}; {names[a]}++)\n"
     return src + "{\n" + inner + "\n}"
 
