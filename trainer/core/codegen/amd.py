@@ -31,6 +31,7 @@ BLOCK = 256            # work-items of an elementwise work-group
 MAX_GROUPS = 1 << 16   # work-groups of a grid-stride kernel
 SERIAL_REDUCE = 16     # reduce extents up to this run one work-item per output
 TILE = 16              # matrix-core output tile (both MFMA and WMMA: 16 x 16)
+MAX_PARAMS = 512       # integers a kernel takes as parameters: a fused max-pool gradient with 1,578 spilled to scratch
 MFMA_K, WMMA_K = 4, 16
 
 # amdgcn definitions of the target macros (the simulator's host shim defines the same names)
@@ -126,7 +127,10 @@ class Sym(str):
 
 
 def _symbolic(nest: LoopNest) -> tuple[LoopNest, list]:
-  """The nest with every extent, stride, offset and mask bound a parameter p0, p1, ..., and their values."""
+  """The nest with every extent, stride, offset and mask bound a parameter p0, p1, ..., and their values; a nest with
+  more than MAX_PARAMS of them (a large fused expression) keeps its integers, compiled into a kernel of its own."""
+  accs = list(nest.access.values()) + [nest.out]
+  if len(nest.shape) * (1 + sum(3 if a.mask is not None else 1 for a in accs)) + len(accs) > MAX_PARAMS: return nest, []
   values = []
   def p(v):
     values.append(int(v)); return Sym(f"p{len(values) - 1}")
