@@ -104,7 +104,6 @@ def render(k: Kernel, name: str, arch: str = "sm_90", sms: int = 132) -> Rendere
   """`sms`: the device's multiprocessor count (the size of a persistent grid)."""
   nest = lower(k)
   g = gemm.match(k, nest)
-  g = g and g.batched()
   if g is not None:
     from . import cuda_matmul
     return cuda_matmul.render(name, g, k, arch, sms)

@@ -5,7 +5,8 @@ other's output axes. Its loop axes are of four kinds: M (only A varies), N (only
 and batch (both vary). M, N and K may each be several loop axes that no merge joins: a convolution read
 through its windows (K = channel x kernel row x kernel column, N = image x output row x output column)
 is a matrix product over its input where it lies (an implicit GEMM), with no window matrix in memory.
-The GPU renderers read the `batched()` form: one M and one N axis (the others join the batch), one K axis.
+The GPU renderers read the `batched()` form where there is one (one M and one N axis, the others joining the batch,
+one K axis); otherwise they address each operand through `offset`.
 
 The CPU rendering: a packed, register-blocked GEMM. Packing converts A to float32 panels of MR rows and
 B to panels of NR columns, reading any strides; a multi-axis M, N or K is addressed through a table of
@@ -60,6 +61,19 @@ class Gemm:
     """The same product as out^T = B^T A^T: A and B (and M and N) swap roles."""
     return Gemm(self.b, self.a, self.ob, self.oa, self.oc, self.n, self.m, tuple((e, sb, sa) for e, sa, sb in self.k),
                 tuple((e, sb, sa, sc) for e, sa, sb, sc in self.batch))
+
+
+def offset(axes, j: int, x: str) -> str:
+  """A C expression (long long) for the offset of flat index x over `axes` ((extent, strides...), outermost first),
+  their strides at position j: each axis's index is x divided by the extents inside it, modulo its own."""
+  terms, inner = [], 1
+  for n, axis in enumerate(reversed(axes)):
+    e, st = axis[0], axis[j]
+    idx = f"(long long)({x})" if inner == 1 else f"((long long)({x}) / {inner})"
+    if n < len(axes) - 1: idx = f"({idx} % {e})"
+    if st: terms.append(f"{idx} * ({st})")
+    inner *= e
+  return "(" + " + ".join(terms) + ")" if terms else "0LL"
 
 
 def match(k: Kernel, nest: LoopNest) -> Gemm | None:
