@@ -1,60 +1,146 @@
-"""CPU throughput of small model training steps (JIT replay): a tiny Llama (tokens/s) and a tiny
-ResNet (images/s), each a full step: forward, backward, optimizer update.
-Usage: python bench/cpu_models.py
+"""The CPU recipes' training step, ours next to PyTorch's on the same CPU in the same run.
+
+  python bench/cpu_models.py [--torch PYTHON] [--steps 20] [--rounds 1] [--profile] [llama resnet]
+
+Each recipe (recipes/llama_tiny.yaml, recipes/resnet_tiny.yaml) is built with trainer.loop.Run and trained by
+Run.train, the loop launch.py runs, float32 at the recipe's own shapes: 3 steps (compile, record, first replay),
+then `--steps` timed ones. Printed per recipe: the median time of the jitted step (forward, backward, optimizer,
+what torch's step also does), the median of the loop's whole step (with the batch's preparation and logging), the
+kernels per step, and the peak of live buffers (the first, unjitted step's and a replay's). `--torch` names a Python
+that has torch (default /work/venv-torch/bin/python when it exists); it runs `--yardstick` (default
+../shared/yardsticks/torch_cpu.py) for
+torch eager and torch.compile at the same shapes right after ours, and the ratio torch time / our time is printed
+(> 1: we are faster). Without torch only our figures are printed. `--rounds N` alternates ours and torch N times
+(the machine is shared: say how far the rounds disagree). `--profile` times each kernel of one replay by kind.
+
+The yardstick's tiny ResNet has an 8-wide stem and expansion 4, so this runs resnet_tiny with
+model.stem_width=8 and model.expansion=4 (the recipe's defaults are widths[0] and 2).
 """
-import os, sys, time
+from __future__ import annotations
+import argparse, gc, os, re, subprocess, sys, tempfile, time
 import numpy as np
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from trainer.core import Tensor, jit
-from trainer.models.llama import Llama, tiny_config as llama_tiny
-from trainer.models.resnet import ResNet, tiny_config as resnet_tiny
-from trainer.nn import AdamW, LARS, clip_grad_norm
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from cpu_core import cpu_name
 
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+YARDSTICK = os.path.join(ROOT, "..", "shared", "yardsticks", "torch_cpu.py")
+TORCH_PYTHON = "/work/venv-torch/bin/python"
+RECIPES = {"llama": ("llama_tiny.yaml", []), "resnet": ("resnet_tiny.yaml", ["model.stem_width=8", "model.expansion=4"])}
 
-def timed(step, args, reps=20):
-  for _ in range(3): step(*args)              # run, capture, first replay
-  ts = []
+
+class Timed:
+  """The loop's jitted step, timed call by call (a CPU replay is finished when the call returns)."""
+  def __init__(self, fn): self.fn, self.times = fn, []
+  def __getattr__(self, name): return getattr(self.fn, name)
+  def __call__(self, *args):
+    t = time.perf_counter(); out = self.fn(*args); self.times.append(time.perf_counter() - t)
+    return out
+
+
+def run_ours(model: str, steps: int, profile: bool) -> dict:
+  from trainer.config import load_config
+  from trainer.loop import Run
+  from trainer.core.device import get_runtime
+  recipe, sets = RECIPES[model]
+  gc.collect()
+  rt = get_runtime("CPU:0")
+  base, rt.peak_in_use = rt.in_use, rt.in_use   # what an earlier recipe of this process still holds
+  cfg = load_config(os.path.join(ROOT, "recipes", recipe), sets + [f"checkpoint.dir={tempfile.mkdtemp()}", "checkpoint.every_steps=1000000"])
+  run = Run(cfg, os.path.join(tempfile.mkdtemp(), "bench.log"), None, progress=False)
+  run.init()
+  run.train(max_steps=3)   # run, record, first replay
+  first_peak, rt.peak_in_use = rt.peak_in_use - base, rt.in_use
+  run.step_fn = Timed(run.step_fn)
+  loop = []
+  for _ in range(steps):
+    t = time.perf_counter(); run.train(max_steps=run.step + 1); loop.append(time.perf_counter() - t)
+  out = dict(step=float(np.median(run.step_fn.times)), loop=float(np.median(loop)), kernels=run.step_fn.kernel_count,
+             first_peak=first_peak, replay_peak=rt.peak_in_use - base, batch=cfg.train.global_batch_size, unit="tok" if model == "llama" else "img",
+             per_sample=cfg.data.seq_len if model == "llama" else 1)
+  if profile: out["profile"] = profile_replay(run.step_fn.fn)
+  return out
+
+
+def kind(desc: str) -> str:
+  """The profile's kinds: matrix products and convolutions (contractions), fused attention, the optimizer's kernels,
+  elementwise kernels, reductions, embedding rows."""
+  if desc.startswith("custom AdamW") or " in place" in desc: return "optimizer"
+  if desc.startswith("custom Attention"): return "attention"
+  if desc.startswith("custom"): return "embedding rows"
+  if desc.startswith("product"): return "convolution" if len(re.search(r"\((.*?)\)", desc).group(1).split(",")) >= 7 else "matmul"
+  return desc.split()[0]
+
+
+def profile_replay(step, reps: int = 5, top: int = 15) -> dict:
+  """Each launch of the replay timed alone (`reps` replays): per kernel and per kind; the replay's own cost is
+  a whole replay's time less the sum of its kernels'."""
+  from trainer.core import realize as R
+  by = {}
   for _ in range(reps):
-    t = time.perf_counter(); step(*args)[0].numpy(); ts.append(time.perf_counter() - t)
-  return float(np.median(ts))
+    for prog, f in zip(step.launches, step.replay):
+      t = time.perf_counter(); f(); dt = time.perf_counter() - t
+      key = prog[0] if isinstance(prog, tuple) else R.descriptions.get(id(prog), getattr(prog, "name", "?"))
+      n, s = by.get(key, (0, 0.0)); by[key] = (n + 1, s + dt)
+  whole = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    for f in step.replay: f()
+    whole.append(time.perf_counter() - t)
+  kernels = {k: (n // reps, s / reps) for k, (n, s) in by.items()}
+  kinds = {}
+  for k, (n, s) in kernels.items(): kinds[kind(k)] = kinds.get(kind(k), 0.0) + s
+  total = sum(s for _, s in kernels.values())
+  return dict(total=total, whole=float(np.median(whole)), launches=len(step.launches), kinds=kinds,
+              top=sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top])
 
 
-def llama(B=4, T=64):
-  Tensor.manual_seed(0)
-  cfg = llama_tiny(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=384, vocab_size=512, max_seq_len=T)
-  m = Llama(cfg)
-  opt = AdamW(m.named_parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
-  tok = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T + 1)).astype(np.int32)
-  X, Y = Tensor(tok[:, :-1]), Tensor(tok[:, 1:])
-
-  @jit
-  def step(x, y):
-    opt.zero_grad(); loss = m.loss(x, y); loss.backward(); clip_grad_norm(opt.params, 1.0); opt.step()
-    return (loss,)
-  t = timed(step, (X, Y))
-  return f"tiny Llama train step (dim {cfg.dim}, {cfg.n_layers} layers, vocab {cfg.vocab_size}, {m.num_params() / 1e6:.2f}M params, B={B} T={T})", t, f"{B * T / t:,.0f} tokens/s", step.kernel_count
+def run_torch(python: str, yardstick: str, model: str, steps: int) -> dict:
+  r = subprocess.run([python, yardstick, model, "--reps", str(steps)], capture_output=True, text=True, timeout=1800)
+  got = {m: float(v) / 1e3 for m, v in re.findall(rf"ANCHOR torch_(eager|compile)_cpu_{model}_tiny_step (\S+) ms", r.stdout)}
+  if not got: print(f"torch yardstick failed: {r.stdout[-1000:]} {r.stderr[-2000:]}", flush=True)
+  return got
 
 
-def resnet(N=16, S=32):
-  Tensor.manual_seed(0)
-  cfg = resnet_tiny(layers=(1, 1, 1), widths=(8, 16, 32), stem_width=16, num_classes=10)
-  m = ResNet(cfg).train()
-  opt = LARS(m.named_parameters(), lr=1.0, momentum=0.9, weight_decay=1e-4, eta=0.001)
-  rng = np.random.default_rng(1)
-  X = Tensor(rng.standard_normal((N, 3, S, S)).astype(np.float32))
-  Y = Tensor(rng.integers(0, 10, N).astype(np.int32))
+def show_profile(name: str, p: dict, step: float):
+  print(f"\nprofile of one {name} replay: {p['launches']} launches, kernels timed alone {p['total'] * 1e3:.2f} ms, "
+        f"a whole replay {p['whole'] * 1e3:.2f} ms (the step {step * 1e3:.2f} ms: input copies and host values included)")
+  for k, s in sorted(p["kinds"].items(), key=lambda kv: -kv[1]): print(f"  {k:16s} {s * 1e3:8.2f} ms {s / p['total']:6.1%}")
+  print(f"  {'replay overhead':16s} {(p['whole'] - p['total']) * 1e3:8.2f} ms (a whole replay less its kernels)")
+  for k, (n, s) in p["top"]: print(f"    {s * 1e3:7.3f} ms x{n:<3d} {k}")
 
-  @jit
-  def step(x, y):
-    opt.zero_grad(); loss = m.loss(x, y); loss.backward(); opt.step()
-    return (loss,)
-  t = timed(step, (X, Y))
-  return f"tiny ResNet train step (blocks {cfg.layers}, widths {cfg.widths}, {m.num_params() / 1e3:.1f}k params, N={N} {S}x{S})", t, f"{N / t:,.0f} images/s", step.kernel_count
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("models", nargs="*", default=list(RECIPES), help="llama, resnet (default both)")
+  ap.add_argument("--torch", default=TORCH_PYTHON if os.path.exists(TORCH_PYTHON) else None, help="a Python with torch (the yardstick)")
+  ap.add_argument("--yardstick", default=YARDSTICK, help="torch_cpu.py (default ../shared/yardsticks/torch_cpu.py)")
+  ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument("--rounds", type=int, default=1)
+  ap.add_argument("--profile", action="store_true")
+  a = ap.parse_args()
+  if set(a.models) - set(RECIPES): ap.error(f"models: choose from {list(RECIPES)}")
+  torch = a.torch if a.torch and os.path.exists(a.torch) and os.path.exists(a.yardstick) else None
+  print(f"device: CPU:0 = {cpu_name()}, {os.cpu_count()} cores; torch: {torch or 'none (ours only)'}", flush=True)
+  rows = []
+  for model in a.models:
+    for rnd in range(a.rounds):
+      ours = run_ours(model, a.steps, a.profile and rnd == 0)
+      theirs = run_torch(torch, a.yardstick, model, a.steps) if torch else {}
+      rows.append((model, rnd, ours, theirs))
+      ratio = lambda m: f" {theirs[m] / ours['step']:.2f}x" if m in theirs else ""
+      print(f"{model}_tiny round {rnd + 1}: ours {ours['step'] * 1e3:.2f} ms/step ({ours['batch'] * ours['per_sample'] / ours['step']:,.0f} {ours['unit']}/s; "
+            f"the loop's whole step {ours['loop'] * 1e3:.2f} ms), {ours['kernels']} kernels, peak {ours['first_peak'] / 2**20:.1f} MiB "
+            f"(replay {ours['replay_peak'] / 2**20:.1f} MiB)" + "".join(f"; torch {m} {theirs[m] * 1e3:.2f} ms{ratio(m)}" for m in ("eager", "compile") if m in theirs),
+            flush=True)
+      if "profile" in ours: show_profile(f"{model}_tiny", ours["profile"], ours["step"])
+  print(f"\n| step (median of {a.steps}) | ours ms | torch eager ms | torch.compile ms | eager / ours | compile / ours | kernels | peak MiB (first step / replay) |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  for model, rnd, o, t in rows:
+    f = lambda m: f"{t[m] * 1e3:.2f}" if m in t else "-"
+    r = lambda m: f"{t[m] / o['step']:.2f}x" if m in t else "-"
+    print(f"| {model}_tiny{f' (round {rnd + 1})' if a.rounds > 1 else ''} | {o['step'] * 1e3:.2f} | {f('eager')} | {f('compile')} | {r('eager')} | {r('compile')} "
+          f"| {o['kernels']} | {o['first_peak'] / 2**20:.1f} / {o['replay_peak'] / 2**20:.1f} |")
 
 
 if __name__ == "__main__":
-  print(f"device: CPU:0 = {cpu_name()}, {os.cpu_count()} cores")
-  for case in (llama, resnet):
-    name, t, rate, k = case()
-    print(f"{name}: {t * 1e3:.2f} ms/step, {rate} ({k} kernels)", flush=True)
+  main()

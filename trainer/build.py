@@ -22,7 +22,7 @@ def build_model(cfg, device: str):
     return Llama(lc, device=device)
   from .models.resnet import ResNet, ResNetConfig
   rc = ResNetConfig(layers=tuple(m.blocks), widths=tuple(m.widths), num_classes=m.num_classes, dtype=dtype, bn_span=m.bn_span,
-                    **({} if m.variant == "resnet50" else {"stem_width": m.widths[0], "expansion": 2}))
+                    **({} if m.variant == "resnet50" else {"stem_width": m.stem_width or m.widths[0], "expansion": m.expansion or 2}))
   return ResNet(rc, device=device)
 
 

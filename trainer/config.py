@@ -13,7 +13,8 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
                  plain RoPE) with factor (8), low_freq_factor (1), high_freq_factor (4),
                  original_max_position (8192)
                name* resnet: variant* (resnet50: bottleneck blocks 3-4-6-3, widths 64..512;
-                 tiny: basic blocks, `blocks` and `widths` required), num_classes*, bn_span
+                 tiny: bottleneck blocks, `blocks` and `widths` required, stem_width (widths[0]) and
+                 expansion (2) optional), num_classes*, bn_span
                  (batch norm statistics over groups of this many samples, MLPerf's model_bn_span;
                  must divide train.micro_batch_size; absent: the whole micro-batch)
   data*        kind* c4: path*, seq_len*, train_prefixes (c4-train.en_6_text_document),
@@ -122,6 +123,8 @@ class ResNetModel:
     blocks: tuple[int, ...] = ()
     widths: tuple[int, ...] = ()
     bn_span: Optional[int] = None
+    stem_width: Optional[int] = None
+    expansion: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -481,8 +484,8 @@ def _resolve(cfg):
     if isinstance(cfg.model, ResNetModel) and cfg.model.variant == "resnet50":
         model = cfg.model
         _require((model.blocks or RESNET50_BLOCKS) == RESNET50_BLOCKS
-                 and (model.widths or RESNET50_WIDTHS) == RESNET50_WIDTHS,
-                 "model.blocks/widths are fixed for resnet50; leave them out or use variant: tiny")
+                 and (model.widths or RESNET50_WIDTHS) == RESNET50_WIDTHS and model.stem_width is None and model.expansion is None,
+                 "model.blocks/widths/stem_width/expansion are fixed for resnet50; leave them out or use variant: tiny")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             model, blocks=RESNET50_BLOCKS, widths=RESNET50_WIDTHS))
     return cfg
@@ -614,6 +617,8 @@ def _validate_resnet(cfg):
         _require(len(m.blocks) > 0 and len(m.blocks) == len(m.widths),
                  "model variant tiny needs model.blocks and model.widths of the same, non-zero length")
         _require(all(b > 0 for b in m.blocks + m.widths), "model.blocks and model.widths must be > 0")
+        for key in ("stem_width", "expansion"):
+            if getattr(m, key) is not None: _positive(f"model.{key}", getattr(m, key))
     if m.bn_span is not None:
         _positive("model.bn_span", m.bn_span)
         _require(cfg.train.micro_batch_size % m.bn_span == 0,

@@ -78,8 +78,10 @@ def _params_per_device(cfg) -> tuple[float, float]:
 
 
 def fused_attention(cfg) -> bool:
-  """Whether the step's attention runs as the fused kernel (core/kernels/attention.py covers)."""
+  """Whether the step's attention runs as the fused kernel (core/kernels/attention.py covers: the CPU's any float
+  type, CUDA's bf16/fp16 with head dim 64 or 128)."""
   m = cfg.model
+  if cfg.mesh.device == "CPU": return True
   return cfg.mesh.device == "CUDA" and cfg.train.precision.compute_dtype != "float32" and m.dim // m.n_heads in (64, 128)
 
 

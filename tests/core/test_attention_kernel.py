@@ -1,6 +1,7 @@
-"""Fused attention kernels (trainer/core/kernels/attention.py): on the CPU their numpy references through
-the autograd Function against the composed scaled_dot_product_attention and finite differences; their
-CUDA C compiled for sm_90a (wgmma) and sm_80 (mma.sync); on a GPU the kernels against the CPU's composed path."""
+"""Fused attention kernels (trainer/core/kernels/attention.py): on the CPU (their C kernels, and on the interpreter
+their numpy references) through the autograd Function against the composed scaled_dot_product_attention and finite
+differences; their CUDA C compiled for sm_90a (wgmma) and sm_80 (mma.sync); on a GPU the kernels against the CPU's
+composed path."""
 import os
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ from trainer.core.kernels.attention import AttentionForward, AttentionBackward, 
 from trainer.core.runtime import cuda as rc
 
 # (B, H, Hkv, T, S, D, causal)
-CASES = [(1, 2, 2, 5, 5, 8, False), (2, 4, 2, 7, 11, 8, True), (1, 6, 2, 13, 9, 4, False), (2, 3, 1, 1, 6, 8, True)]
+CASES = [(1, 2, 2, 5, 5, 8, False), (2, 4, 2, 7, 11, 8, True), (1, 6, 2, 13, 9, 4, False), (2, 3, 1, 1, 6, 8, True),
+         (2, 6, 2, 45, 45, 24, True), (1, 3, 1, 37, 50, 40, False)]   # several blocks of query rows, partial vectors
 
 
 def _inputs(seed, b, h, hkv, t, s, d):
@@ -78,13 +80,17 @@ def test_backward_reference_matches_finite_differences():
       np.testing.assert_allclose(grads[i][idx], (loss(*up) - loss(*dn)) / (2 * eps), rtol=1e-5, atol=1e-7)
 
 
-def test_covers_only_cuda_half_precision():
-  q = Tensor(np.zeros((1, 2, 4, 64), np.float32), dtype="bfloat16")
-  assert not covers(q, q, q)          # a CPU device: the composed path
-
-
 class _OnCuda:   # what covers() reads of a tensor, on a CUDA device
   def __init__(self, *shape): self.shape, self.ndim, self.dtype, self.device = shape, len(shape), dtypes.bfloat16, "CUDA:0"
+
+
+def test_covers_cuda_half_precision_and_any_float_on_the_cpu():
+  q = Tensor(np.zeros((1, 2, 4, 24), np.float32), dtype="bfloat16")
+  assert covers(q, q, q) and covers(q.float(), q.float(), q.float())   # the CPU's C kernels take any float type and D
+  assert not covers(_OnCuda(1, 2, 4, 24), _OnCuda(1, 2, 4, 24), _OnCuda(1, 2, 4, 24))   # CUDA: D 64 or 128 only
+  assert not covers(q, q, q.float())
+
+
 
 
 def test_covers_leaves_masks_dropout_and_non_square_causal_to_the_composed_path():

@@ -51,7 +51,17 @@ def _cases():
     "matmul_batched": Tensor(f(3, 64, 32), dtype="bfloat16") @ Tensor(f(3, 32, 40), dtype="bfloat16"),
     "matmul_bf16_unaligned": Tensor(f(33, 45), dtype="bfloat16") @ Tensor(f(45, 21), dtype="bfloat16"),
     "threefry": R.threefry(idx, zero, 1234, 5678)[0],
+    "conv_bf16": Tensor(f(2, 8, 9, 9), dtype="bfloat16").conv2d(Tensor(f(16, 8, 3, 3), dtype="bfloat16"), padding=1),
+    "conv_f32_strided": Tensor(f(2, 3, 11, 11)).conv2d(Tensor(f(4, 3, 3, 3)), stride=2),
+    **_conv_grads(f),
   }
+
+
+def _conv_grads(f):
+  """The gradients of a strided bf16 convolution (its weight's and its input's, per stride residue), lazy."""
+  x, w = Tensor(f(2, 8, 9, 9), dtype="bfloat16", requires_grad=True), Tensor(f(16, 8, 3, 3), dtype="bfloat16", requires_grad=True)
+  x.conv2d(w, stride=2, padding=1).float().sum().backward()
+  return {"conv_grad_weight": w.grad, "conv_grad_input": x.grad}
 
 
 CASES = list(_cases().keys())
@@ -72,6 +82,8 @@ def test_compiles_for_sm90(case):
       assert ("wgmma.mma_async" in r.src, "mma.sync.aligned.m16n8k16" in r.src, r.arch, len(r.tmaps)) == (wg, not wg, "sm_90a" if wg else None, 3 * wg)
     cubin = rc.compile_cuda(r.src, r.arch or "sm_90")
     assert cubin[:4] == b"\x7fELF"
+  if case.startswith("conv"):   # the window's several K axes read by the tiled matrix products' loaders, not a loop per output
+    assert any("mma.sync.aligned.m16n8k16" in cg.render(k, "k", "sm_90").src or "__shared__ float As" in cg.render(k, "k", "sm_90").src for k in ks)
 
 
 @needs_compiler

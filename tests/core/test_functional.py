@@ -30,6 +30,27 @@ def test_conv2d(stride, padding, dilation, groups):
         lambda x, w, b: x.conv2d(w, b, stride=stride, padding=padding, dilation=dilation, groups=groups), x, w, b)
 
 
+def test_conv2d_odd_shapes():
+  """Uneven kernel, stride and dilation per axis (the input gradient's stride residues, some reached by no tap)."""
+  x, w = rnd(2, 3, 9, 8, seed=10), rnd(4, 3, 3, 2, seed=11)
+  check(lambda x, w: np_conv2d_hw(x, w, (2, 3), (1, 2), (2, 1)),
+        lambda x, w: x.conv2d(w, stride=(2, 3), padding=(1, 2), dilation=(2, 1)), x, w, views=["s", "T"])
+
+
+def np_conv2d_hw(x, w, stride, padding, dilation):
+  """np_conv2d with a (rows, columns) pair for each of stride, padding and dilation."""
+  (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+  xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+  kh, kw = w.shape[2:]
+  OH, OW = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+  out = np.zeros((x.shape[0], w.shape[0], OH, OW))
+  for i in range(kh):
+    for j in range(kw):
+      patch = xp[:, :, i * dh: i * dh + (OH - 1) * sh + 1: sh, j * dw: j * dw + (OW - 1) * sw + 1: sw]
+      out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+  return out
+
+
 def test_conv2d_low_precision_and_views():
   x, w = rnd(1, 3, 6, 6, seed=4), rnd(2, 3, 3, 3, seed=5)
   check(lambda x, w: np_conv2d(x, w, padding=1), lambda x, w: x.conv2d(w, padding=1), x, w, dtype="bfloat16")

@@ -3,20 +3,71 @@ and losses. They are attached to Tensor as methods (x.conv2d(w), x.cross_entropy
 from __future__ import annotations
 import math
 from .tensor import Tensor, TensorError, _ramp, _shape_str, where
-from .dtypes import dtypes
+from .dtypes import dtypes, promote
+from .function import Function
+from .lazy import LazyBuffer
+from .ops import Op
 
 
 def _pair(x): return (x, x) if isinstance(x, int) else tuple(x)
 
 
-def _windows(x: Tensor, kernel, stride, dilation) -> Tensor:
-  """(N, C, H, W) -> (N, C, kh*kw, OH, OW): every kernel tap as a strided slice, stacked."""
+class Windows(Function):
+  """x (..., H, W) -> (..., OH, OW, kh, kw): every output position's window (LazyBuffer.windows: a view, no copy).
+  Backward: each tap's gradient goes back where the tap read (_place_taps)."""
+  def forward(self, x: LazyBuffer, kernel, stride, dilation):
+    self.shape, self.kernel, self.stride, self.dilation = x.shape, kernel, stride, dilation
+    return x.windows(kernel, stride, dilation)
+
+  def backward(self, g: LazyBuffer):
+    keep = tuple((0, n) for n in g.shape[:-2])
+    return _place_taps(lambda i, j: g.shrink(keep + ((i, i + 1), (j, j + 1))).reshape(g.shape[:-2]), self.shape, self.kernel, self.stride, self.dilation)
+
+
+class MaxPool(Function):
+  """The largest value of each window of x (padded already), read through a window view. Backward: each window's
+  gradient shared by its maxima (ties split it evenly, as amax's rule), placed back tap by tap (_place_taps): one
+  kernel of the taps' masks and the shared gradient, with no window-sized intermediate."""
+  def forward(self, x: LazyBuffer, kernel, stride, dilation):
+    if x.view.mask is not None: x = x.contiguous()   # a padded input copied once, read by forward and backward
+    self.x, self.kernel, self.stride, self.dilation = x, kernel, stride, dilation
+    win = x.windows(kernel, stride, dilation)
+    self.out = win.reduce(Op.RMAX, (len(win.shape) - 2, len(win.shape) - 1)).reshape(win.shape[:-2])
+    return self.out
+
+  def backward(self, g: LazyBuffer):
+    win = self.x.windows(self.kernel, self.stride, self.dilation)
+    top = self.out.reshape(self.out.shape + (1, 1)).expand(win.shape)
+    count = win.alu(Op.CMPEQ, top).cast(g.dtype).reduce(Op.SUM, (len(win.shape) - 2, len(win.shape) - 1)).reshape(g.shape)
+    share, keep = g.alu(Op.MUL, count.alu(Op.RECIP)), tuple((0, n) for n in g.shape)
+    tap = lambda i, j: win.shrink(keep + ((i, i + 1), (j, j + 1))).reshape(g.shape).alu(Op.CMPEQ, self.out).cast(g.dtype).alu(Op.MUL, share)
+    return _place_taps(tap, self.x.shape, self.kernel, self.stride, self.dilation)
+
+
+def _place_taps(tap, shape, kernel, stride, dilation) -> LazyBuffer:
+  """The gradient of (..., H, W) from each tap's gradient, tap(i, j) of shape (..., OH, OW): each goes back where the
+  tap read. With a stride s, input row h = q*s + r takes tap i's gradient of output row q - (i*d) // s when
+  (i*d) % s == r, so the result, seen as (..., H/s, s, W/s, s), is a sum of shifted views of the taps: one kernel,
+  nothing spread out in memory first."""
+  *lead, H, W = shape
   (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-  H, W = x.shape[-2:]
-  oh, ow = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
-  if oh <= 0 or ow <= 0: raise ValueError(f"window {kernel} with dilation {dilation} does not fit input of size {(H, W)}")
-  taps = [x[..., i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw] for i in range(kh) for j in range(kw)]
-  return Tensor.stack(taps, dim=-3) if len(taps) > 1 else taps[0].unsqueeze(-3)
+  out, keep = None, tuple((0, n) for n in lead)
+  for i in range(kh):
+    for j in range(kw):
+      t = tap(i, j)
+      OH, OW = t.shape[-2:]
+      Hq, Wq = -(-H // sh), -(-W // sw)
+      (qi, ri), (qj, rj) = divmod(i * dh, sh), divmod(j * dw, sw)
+      t = t.reshape((*lead, OH, 1, OW, 1))
+      t = t.pad(tuple((0, 0) for _ in lead) + ((qi, Hq - OH - qi), (ri, sh - 1 - ri), (qj, Wq - OW - qj), (rj, sw - 1 - rj)))
+      out = t if out is None else out.alu(Op.ADD, t)
+  return out.reshape((*lead, Hq * sh, Wq * sw)).shrink(keep + ((0, H), (0, W)))
+
+
+def _windows(x: Tensor, kernel, stride, dilation) -> Tensor:
+  """(..., H, W) -> (..., OH, OW, kh, kw): every window, as a view."""
+  _window_shape(x.shape[-2:], kernel, stride, dilation)
+  return Windows.apply(x, kernel=kernel, stride=stride, dilation=dilation)
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
@@ -27,13 +78,97 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
   O, Cg, kh, kw = weight.shape
   if C != Cg * groups or O % groups:
     raise ValueError(f"conv2d: input {_shape_str(x.shape)} and weight {_shape_str(weight.shape)} do not match with groups={groups}")
-  x = x.pad(((0, 0), (0, 0)) + _conv_padding(padding, (kh, kw), _pair(stride), _pair(dilation)))
-  cols = _windows(x, (kh, kw), _pair(stride), _pair(dilation))                 # N, C, K, OH, OW
-  OH, OW = cols.shape[-2:]
-  cols = cols.reshape(N, groups, Cg * kh * kw, OH * OW).transpose(-1, -2)     # N, g, OH*OW, Cg*K
-  w = weight.reshape(groups, O // groups, Cg * kh * kw).transpose(-1, -2)     # g, Cg*K, O/g
-  out = (cols @ w).transpose(-1, -2).reshape(N, O, OH, OW)
+  dt = promote(x.dtype, weight.dtype)
+  x = x.cast(dt).pad(((0, 0), (0, 0)) + _conv_padding(padding, (kh, kw), _pair(stride), _pair(dilation)))
+  _window_shape(x.shape[-2:], (kh, kw), _pair(stride), _pair(dilation))
+  out = Conv.apply(x, weight.cast(dt), stride=_pair(stride), dilation=_pair(dilation), groups=groups)
   return out + bias.reshape(1, O, 1, 1) if bias is not None else out
+
+
+class Conv(Function):
+  """conv2d of an already padded input as one contraction over a window view of it (LazyBuffer.windows): a
+  matrix product whose K is channel x kernel row x kernel column, read where the input lies (no window matrix).
+    out[n, g, o, y, x] = sum_{c, i, j} xp[n, g, c, y*sh + i*dh, x*sw + j*dw] * w[g, o, c, i, j]
+  Gradients, as contractions too: the weight's sums the output gradient times the same windows over (n, y, x);
+  the input's is made of stride-1 convolutions of the output gradient with the kernel's taps flipped and its
+  in/out channels swapped, one per residue of the stride (_conv_input_grad)."""
+  def forward(self, x: LazyBuffer, w: LazyBuffer, stride, dilation, groups):
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    if x.view.mask is not None: x = x.contiguous()   # a padded input copied once, read by forward and backward
+    self.x, self.w, self.stride, self.dilation, self.groups = x, w, stride, dilation, groups
+    xw = x.windows((kh, kw), stride, dilation)                                   # N, C, OH, OW, kh, kw
+    OH, OW = xw.shape[2:4]
+    G, Og = groups, O // groups
+    xw = xw.reshape((N, G, 1, Cg, OH, OW, kh, kw)).permute((0, 1, 2, 4, 5, 3, 6, 7)).expand((N, G, Og, OH, OW, Cg, kh, kw))
+    wv = w.reshape((1, G, Og, 1, 1, Cg, kh, kw)).expand((N, G, Og, OH, OW, Cg, kh, kw))
+    return xw.alu(Op.MUL, wv).reduce(Op.SUM, (5, 6, 7)).reshape((N, O, OH, OW))
+
+  def backward(self, g: LazyBuffer):
+    x, w, G = self.x, self.w, self.groups
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    Og, (OH, OW) = O // G, g.shape[2:]
+    gx = gw = None
+    if self.needs_input_grad[1]:
+      xw = x.windows((kh, kw), self.stride, self.dilation).reshape((N, G, Cg, OH, OW, kh, kw)).permute((1, 2, 5, 6, 0, 3, 4))
+      xw = xw.reshape((G, 1, Cg, kh, kw, N, OH, OW)).expand((G, Og, Cg, kh, kw, N, OH, OW))
+      gv = g.reshape((N, G, Og, OH, OW)).permute((1, 2, 0, 3, 4)).reshape((G, Og, 1, 1, 1, N, OH, OW)).expand(xw.shape)
+      gw = gv.alu(Op.MUL, xw).reduce(Op.SUM, (5, 6, 7)).reshape(w.shape)
+    if self.needs_input_grad[0]: gx = _conv_input_grad(g, w, x.shape, self.stride, self.dilation, G)
+    return gx, gw
+
+
+def _phases(k: int, s: int, d: int) -> list:
+  """The taps of a kernel of k taps (dilation d) that reach the input positions of each residue r modulo the
+  stride s: (first tap, number of taps, tap step, first and last offset in output positions, offset step), None
+  for a residue no tap reaches."""
+  out = []
+  for r in range(s):
+    taps = [i for i in range(k) if i * d % s == r]
+    a = [i * d // s for i in taps]
+    out.append((taps[0], len(taps), taps[1] - taps[0] if len(taps) > 1 else 1, a[0], a[-1], a[1] - a[0] if len(a) > 1 else 1) if taps else None)
+  return out
+
+
+def _conv_input_grad(g: LazyBuffer, w: LazyBuffer, shape, stride, dilation, groups) -> LazyBuffer:
+  """The gradient of a convolution's (padded) input: input row h = q*s + r gets, from each tap i with i*d = r
+  (mod s), the output gradient of row q - (i*d) // s; so each residue (r, t) of the stride is a stride-1
+  convolution of the output gradient with those taps, flipped (no product with the zeros a spread gradient would
+  have), and the residues interleave into the result. One padded copy of the gradient serves them all."""
+  N, C, H, W = shape
+  O, Cg, kh, kw = w.shape
+  (sh, sw), (dh, dw), G, Og = stride, dilation, groups, O // groups
+  OH, OW = g.shape[2:]
+  Hq, Wq = -(-H // sh), -(-W // sw)
+  rows, cols = _phases(kh, sh, dh), _phases(kw, sw, dw)
+  before = (max(p[4] for p in rows if p), max(p[4] for p in cols if p))
+  after = (max(0, max(Hq - p[3] for p in rows if p) - OH), max(0, max(Wq - p[3] for p in cols if p) - OW))
+  gp = g.pad(((0, 0), (0, 0), (before[0], after[0]), (before[1], after[1])))
+  if gp.view.mask is not None: gp = gp.contiguous()
+  out = None
+  for r, pr in enumerate(rows):
+    for t, pc in enumerate(cols):
+      if pr is None or pc is None: continue
+      (i0, n, li, _, ai, di), (j0, m, lj, _, aj, dj) = pr, pc
+      y0, x0 = before[0] - ai, before[1] - aj
+      gv = gp.shrink(((0, N), (0, O), (y0, y0 + Hq + (n - 1) * di), (x0, x0 + Wq + (m - 1) * dj)))
+      gwin = gv.windows((n, m), (1, 1), (di, dj)).reshape((N, G, 1, Og, Hq, Wq, n, m)).permute((0, 1, 2, 4, 5, 3, 6, 7))
+      gwin = gwin.expand((N, G, Cg, Hq, Wq, Og, n, m))
+      taps = w.shrink(((0, O), (0, Cg), (i0, i0 + (n - 1) * li + 1), (j0, j0 + (m - 1) * lj + 1))).windows((n, m), (1, 1), (li, lj))
+      taps = taps.reshape((G, Og, Cg, n, m)).flip((3, 4)).permute((0, 2, 1, 3, 4)).reshape((1, G, Cg, 1, 1, Og, n, m)).expand(gwin.shape)
+      part = gwin.alu(Op.MUL, taps).reduce(Op.SUM, (5, 6, 7)).reshape((N, C, Hq, 1, Wq, 1))
+      part = part.pad(((0, 0), (0, 0), (0, 0), (r, sh - 1 - r), (0, 0), (t, sw - 1 - t)))
+      out = part if out is None else out.alu(Op.ADD, part)
+  return out.reshape((N, C, Hq * sh, Wq * sw)).shrink(((0, N), (0, C), (0, H), (0, W)))
+
+
+def _window_shape(size, kernel, stride, dilation) -> tuple:
+  """(OH, OW) of a window over an input of `size`; an error where the window does not fit."""
+  (H, W), (kh, kw), (sh, sw), (dh, dw) = size, kernel, stride, dilation
+  oh, ow = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+  if oh <= 0 or ow <= 0: raise ValueError(f"window {kernel} with dilation {dilation} does not fit input of size {(H, W)}")
+  return oh, ow
 
 
 def _conv_padding(padding, kernel, stride, dilation) -> tuple:
@@ -50,7 +185,9 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Te
   k = _pair(kernel_size)
   ph, pw = _pair(padding)
   if ph or pw: x = x.pad(((0, 0),) * (x.ndim - 2) + ((ph, ph), (pw, pw)), value=float("-inf"))
-  return _windows(x, k, _pair(stride if stride is not None else k), _pair(dilation)).amax(-3)
+  s, d = _pair(stride if stride is not None else k), _pair(dilation)
+  _window_shape(x.shape[-2:], k, s, d)
+  return MaxPool.apply(x, kernel=k, stride=s, dilation=d)
 
 
 def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
@@ -58,7 +195,7 @@ def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
   k = _pair(kernel_size)
   ph, pw = _pair(padding)
   if ph or pw: x = x.pad(((0, 0),) * (x.ndim - 2) + ((ph, ph), (pw, pw)))
-  return _windows(x, k, _pair(stride if stride is not None else k), (1, 1)).mean(-3)
+  return _windows(x, k, _pair(stride if stride is not None else k), (1, 1)).mean((-2, -1))
 
 
 def layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
@@ -96,7 +233,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
   enable_gqa a divisor of H (grouped-query heads share key/value). attn_mask broadcasts to (..., H, T, S) as torch's:
   bool (True takes part) or a float added to the scores. is_causal masks keys after the query (s <= t, the upper-left
   triangle for T != S, as torch). dropout_p drops attention weights whenever it is > 0 (torch's function does not look
-  at a training flag either). A row that sees no key gives zeros, as torch's. The fused CUDA kernels run when
+  at a training flag either). A row that sees no key gives zeros, as torch's. The fused kernels (CUDA, CPU) run when
   attention.covers() the call (no mask, no dropout); everything else composes primitive ops."""
   q, k, v = query, key, value
   *b, H, T, D = q.shape

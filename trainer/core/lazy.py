@@ -144,6 +144,18 @@ class LazyBuffer:
       return self.contiguous()._view(v)
     return self._view(v)
 
+  def windows(self, kernel, stride, dilation) -> LazyBuffer:
+    """(..., H, W) -> (..., OH, OW, kh, kw): the kh x kw window of every output position (stride, dilation), as one
+    view with overlapping strides over what self reads (no copy; a view with a mask, a pad, is copied once first).
+    No movement op makes such a view, so autograd reaches it only through a Function with its own rule
+    (functional.py)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    *lead, H, W = self.shape
+    oh, ow = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+    x = self if self.view.mask is None else self.contiguous()
+    *ls, sH, sW = x.view.strides
+    return x.base._view(View.create((*lead, oh, ow, kh, kw), (*ls, sh * sH, sw * sW, dh * sH, dw * sW), x.view.offset))
+
   def reshape(self, shape): return self if tuple(shape) == self.shape else self._move(lambda v: v.reshape(tuple(shape)))
   def permute(self, order): return self if tuple(order) == tuple(range(len(order))) else self._move(lambda v: v.permute(tuple(order)))
   def expand(self, shape): return self if tuple(shape) == self.shape else self._move(lambda v: v.expand(tuple(shape)))

@@ -19,7 +19,7 @@ def describe(k: Kernel | CustomItem) -> str:
   if isinstance(k, CustomItem): return f"custom {k.call!r}"
   kind = "reduce" if k.reduce is not None else "elementwise"
   if kind == "reduce" and k.reduce.srcs[0].kind is Op.MUL and len(k.inputs) == 2: kind = "product"
-  return f"{kind} {k.shape} {'+'.join(b.dtype.name for b in k.inputs)} -> {k.output.dtype.name}"
+  return f"{kind} {k.shape} {'+'.join(b.dtype.name for b in k.inputs)} -> {k.output.dtype.name}{' in place' if k.output.op is Op.ASSIGN else ''}"
 
 
 def kernel_key(k: Kernel | CustomItem):

@@ -11,7 +11,8 @@ its own definitions of them. The source is embedded in the code object it become
     through LDS in a fixed tree (deterministic), the groups capped at MAX_GROUPS and striding over the
     outputs (the grid's work-item count is 32 bits); one work-item per output when the reduce is short;
   * contractions (codegen/gemm.match): the matrix cores, one wave per 16x16 output tile (sizes, strides and
-    offsets are parameters, as above): MFMA
+    offsets are parameters, as above; a product of several K axes, a convolution's windows, keeps its integers and
+    addresses its operands by gemm.offset): MFMA
     f32_16x16x4f32 on CDNA (wave 64, every float dtype widened to float32), WMMA f32_16x16x16 on
     RDNA3 (wave 32, float16 or bfloat16 operands); other contractions run as reductions.
 """
@@ -31,6 +32,7 @@ BLOCK = 256            # work-items of an elementwise work-group
 MAX_GROUPS = 1 << 16   # work-groups of a grid-stride kernel
 SERIAL_REDUCE = 16     # reduce extents up to this run one work-item per output
 TILE = 16              # matrix-core output tile (both MFMA and WMMA: 16 x 16)
+MAX_PARAMS = 512       # integers a kernel takes as parameters: a fused max-pool gradient with 1,578 spilled to scratch
 MFMA_K, WMMA_K = 4, 16
 
 # amdgcn definitions of the target macros (the simulator's host shim defines the same names)
@@ -101,6 +103,7 @@ def render(k: Kernel, target: str) -> Rendered:
   integers are one kernel with other parameter values)."""
   nest = lower(k)
   g = gemm.match(k, nest)
+  g = g and (g.batched() or g)   # one M, N and K axis where it can (a kernel for every such product), else several
   mc = matrix_core(target)
   if g is not None and mc == "mfma": return _mfma(k, g)
   if g is not None and mc == "wmma" and _wmma_dtype(k, g): return _wmma(k, g)
@@ -125,7 +128,10 @@ class Sym(str):
 
 
 def _symbolic(nest: LoopNest) -> tuple[LoopNest, list]:
-  """The nest with every extent, stride, offset and mask bound a parameter p0, p1, ..., and their values."""
+  """The nest with every extent, stride, offset and mask bound a parameter p0, p1, ..., and their values; a nest with
+  more than MAX_PARAMS of them (a large fused expression) keeps its integers, compiled into a kernel of its own."""
+  accs = list(nest.access.values()) + [nest.out]
+  if len(nest.shape) * (1 + sum(3 if a.mask is not None else 1 for a in accs)) + len(accs) > MAX_PARAMS: return nest, []
   values = []
   def p(v):
     values.append(int(v)); return Sym(f"p{len(values) - 1}")
@@ -214,12 +220,21 @@ def _batch_offsets(g: gemm.Gemm) -> tuple[list, str, str, str]:
 
 
 def _symbolic_gemm(g: gemm.Gemm) -> tuple[gemm.Gemm, list]:
-  """g with its sizes, strides and offsets as parameters p0.., and their values (the operand indices stay)."""
+  """g with its sizes, strides and offsets as parameters p0.., and their values (the operand indices stay); a product
+  of several M, N or K axes (a convolution's windows) keeps its integers, its operands addressed by gemm.offset."""
+  if len(g.k) > 1: return g, []
   values = []
   def p(v):
     values.append(int(v)); return Sym(f"p{len(values) - 1}")
-  return gemm.Gemm(p(g.M), p(g.N), p(g.K), g.a, g.b, tuple(map(p, g.sa)), tuple(map(p, g.sb)), p(g.oa), p(g.ob), p(g.oc),
-                   p(g.scm), p(g.scn), [tuple(map(p, e)) for e in g.batch]), values
+  M, N, K, (sam, sak), (sbk, sbn), oa, ob, oc, scm, scn = p(g.M), p(g.N), p(g.K), tuple(map(p, g.sa)), tuple(map(p, g.sb)), p(g.oa), p(g.ob), p(g.oc), p(g.scm), p(g.scn)
+  return gemm.Gemm(g.a, g.b, oa, ob, oc, ((M, sam, scm),), ((N, sbn, scn),), ((K, sak, sbk),), tuple(tuple(map(p, e)) for e in g.batch)), values
+
+
+def _element(g: gemm.Gemm, base: str, which: int) -> str:
+  """The index of A's element (i, kk) (which 1), B's (kk, j) (2) or the output's (row, col) (0), from the batch entry's base."""
+  if which == 1: return f"{base} + {gemm.offset(g.m, 1, 'i')} + {gemm.offset(g.k, 1, 'kk')}"
+  if which == 2: return f"{base} + {gemm.offset(g.k, 2, 'kk')} + {gemm.offset(g.n, 1, 'j')}"
+  return f"{base} + {gemm.offset(g.m, 2, 'row')} + {gemm.offset(g.n, 2, 'col')}"
 
 
 def _gemm_groups(g: gemm.Gemm) -> tuple:
@@ -235,15 +250,14 @@ def _mfma(k: Kernel, g: gemm.Gemm) -> Rendered:
   groups = _gemm_groups(g)
   g, values = _symbolic_gemm(g)
   head, oa, ob, oc = _batch_offsets(g)
-  (sam, sak), (sbk, sbn) = g.sa, g.sb
   lines = [*head, "const int l = K_TID_X;", f"const long long i = K_GROUP_Y * {TILE} + (l & 15), j = K_GROUP_X * {TILE} + (l & 15);",
            "k_f32x4 acc = {0.0f, 0.0f, 0.0f, 0.0f};",
            f"for (long long k0 = 0; k0 < {g.K}; k0 += {MFMA_K}) {{", "const long long kk = k0 + (l >> 4);",
-           f"const float a = (i < {g.M} && kk < {g.K}) ? {load_expr(ta, f'in{g.a}[{oa} + i*({sam}) + kk*({sak})]')} : 0.0f;",
-           f"const float b = (j < {g.N} && kk < {g.K}) ? {load_expr(tb, f'in{g.b}[{ob} + kk*({sbk}) + j*({sbn})]')} : 0.0f;",
+           f"const float a = (i < {g.M} && kk < {g.K}) ? {load_expr(ta, f'in{g.a}[{_element(g, oa, 1)}]')} : 0.0f;",
+           f"const float b = (j < {g.N} && kk < {g.K}) ? {load_expr(tb, f'in{g.b}[{_element(g, ob, 2)}]')} : 0.0f;",
            "acc = K_MFMA_F32_16X16X4F32(a, b, acc);", "}",
            "for (int r = 0; r < 4; r++) {", f"const long long row = K_GROUP_Y * {TILE} + 4 * (l >> 4) + r, col = K_GROUP_X * {TILE} + (l & 15);",
-           f"if (row < {g.M} && col < {g.N}) out[{oc} + row*({g.scm}) + col*({g.scn})] = {store_expr(to, 'acc[r]')};", "}"]
+           f"if (row < {g.M} && col < {g.N}) out[{_element(g, oc, 0)}] = {store_expr(to, 'acc[r]')};", "}"]
   return _named(k, lines, values, groups, 64, "long long")
 
 
@@ -262,16 +276,15 @@ def _wmma(k: Kernel, g: gemm.Gemm) -> Rendered:
   groups = _gemm_groups(g)
   g, values = _symbolic_gemm(g)
   head, oa, ob, oc = _batch_offsets(g)
-  (sam, sak), (sbk, sbn) = g.sa, g.sb
   lines = [*head, "const int l = K_TID_X;", f"const long long i = K_GROUP_Y * {TILE} + (l & 15), j = K_GROUP_X * {TILE} + (l & 15);",
            "k_f32x8 acc = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};",
            f"for (long long k0 = 0; k0 < {g.K}; k0 += {WMMA_K}) {{", f"{vec} a, b;",
            "#pragma unroll", f"for (int v = 0; v < {WMMA_K}; v++) {{", "const long long kk = k0 + v;",   # vector lanes by constant index (else clang 22 spills to scratch)
-           f"a[v] = (i < {g.M} && kk < {g.K}) ? ({elem})in{g.a}[{oa} + i*({sam}) + kk*({sak})] : {zero};",
-           f"b[v] = (j < {g.N} && kk < {g.K}) ? ({elem})in{g.b}[{ob} + kk*({sbk}) + j*({sbn})] : {zero};", "}",
+           f"a[v] = (i < {g.M} && kk < {g.K}) ? ({elem})in{g.a}[{_element(g, oa, 1)}] : {zero};",
+           f"b[v] = (j < {g.N} && kk < {g.K}) ? ({elem})in{g.b}[{_element(g, ob, 2)}] : {zero};", "}",
            f"acc = {op}(a, b, acc);", "}",
            "for (int r = 0; r < 8; r++) {", f"const long long row = K_GROUP_Y * {TILE} + 2 * r + (l >> 4), col = K_GROUP_X * {TILE} + (l & 15);",
-           f"if (row < {g.M} && col < {g.N}) out[{oc} + row*({g.scm}) + col*({g.scn})] = {store_expr(k.output.dtype, 'acc[r]')};", "}"]
+           f"if (row < {g.M} && col < {g.N}) out[{_element(g, oc, 0)}] = {store_expr(k.output.dtype, 'acc[r]')};", "}"]
   return _named(k, lines, values, groups, 32, "long long")
 
 

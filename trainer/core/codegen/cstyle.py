@@ -41,6 +41,7 @@ def literal(value, dt: DType) -> str:
 def alu_expr(op: Op, dt: DType, src_dtypes, a: list) -> str:
   if op is Op.CAST:   # a cast to a narrower float rounds as a store would, also fused inside a kernel
     if dt is dtypes.bool: return f"({a[0]}!=0)"
+    if dt.is_float and src_dtypes[0] is dtypes.bool: return f"({a[0]}?1.0f:0.0f)"   # a select: vectorisers take it, not a char's conversion
     if dt is dtypes.bfloat16: return f"bf2f(f2bf((float){a[0]}))"
     if dt is dtypes.float16: return f"((float)(half)(float){a[0]})"
     return f"(({ctype(dt)}){a[0]})"

@@ -11,19 +11,23 @@ the CPU's) rendered as
     is read 16 bytes at a time and transposed into shared memory; any other view element by element.
     Edges are bounds-checked (zero fill), so any M, N, K and any strides work.
   * anything else (float32, mixed dtypes): a plain FMA tiled kernel (64 x 64 tiles, 4 x 4 per thread).
-Batches (extra output axes of a batched matmul) are grid.z, looping when there are more than 65535.
+Batches (extra output axes of a batched matmul) are grid.z, looping when there are more than 65535. A product of
+several K (or M, N) axes that no merge joins, a convolution read through its windows, takes the element-by-element
+loaders (mma.sync) or the FMA kernel, each operand addressed by gemm.offset: an implicit GEMM, no window matrix.
 """
 from __future__ import annotations
 from ..dtypes import dtypes
 from ..schedule import Kernel
-from .gemm import Gemm
+from .gemm import Gemm, offset
 from .cstyle import STORAGE, load_expr, store_expr
 
 
 def render(name: str, g: Gemm, k: Kernel, arch: str = "sm_90", sms: int = 132):
   from .cuda import Rendered, HEADER
   ta, tb, to = k.inputs[g.a].dtype, k.inputs[g.b].dtype, k.output.dtype
-  if ta is tb and ta in (dtypes.bfloat16, dtypes.float16) and arch in ("sm_90", "sm_90a"):
+  flat = g.batched()   # one M, N and K axis: what the copy engine and the vector loads read; else offsets by gemm.offset
+  g = flat or g
+  if flat and ta is tb and ta in (dtypes.bfloat16, dtypes.float16) and arch in ("sm_90", "sm_90a"):
     from . import cuda_wgmma
     r = cuda_wgmma.render(name, g, k, sms)
     if r is not None: return r
@@ -38,16 +42,18 @@ def render(name: str, g: Gemm, k: Kernel, arch: str = "sm_90", sms: int = 132):
   off = lambda base, j: "+".join([f"{base}LL"] + [f"{n}*({e[j]}LL)" for n, e in zip(bnames, g.batch)])
   batch_head = (f"for (long long bz = blockIdx.z; bz < {nb}; bz += gridDim.z) {{\n long long bz_r = bz;\n" + "\n".join(split) +
                 f"\nconst long long offa = {off(g.oa, 1)}, offb = {off(g.ob, 2)}, offc = {off(g.oc, 3)};\n")
-  defs = {"MM": g.M, "NN": g.N, "KK": g.K, "SAM": f"{g.sa[0]}LL", "SAK": f"{g.sa[1]}LL", "SBK": f"{g.sb[0]}LL", "SBN": f"{g.sb[1]}LL",
-          "SCM": f"{g.scm}LL", "SCN": f"{g.scn}LL"}
+  defs = {"MM": g.M, "NN": g.N, "KK": g.K, "SBK": f"{g.sb[0]}LL",
+          "A_ALONG_K": int(abs(g.k[-1][1]) == 1), "B_ALONG_K": int(abs(g.k[-1][2]) == 1)}
   head = "".join(f"#define {key} {val}\n" for key, val in defs.items())
+  head += "".join(f"#define {key}(x) {offset(axes, j, 'x')}\n" for key, axes, j in
+                  (("OFFAM", g.m, 1), ("OFFAK", g.k, 1), ("OFFBK", g.k, 2), ("OFFBN", g.n, 1), ("OFFCM", g.m, 2), ("OFFCN", g.n, 2)))
   head += f"#define STORE(x) {store_expr(to, '(x)')}\n"
   A, B = f"in{g.a}", f"in{g.b}"
   if ta is tb and ta in (dtypes.bfloat16, dtypes.float16):
     BM, BN, BK = 128, 128, 32
     mma_t = "bf16" if ta is dtypes.bfloat16 else "f16"
-    la = _tile_loader("A", "Ap", "SAM", "SAK", "MM", BM, BK, g.sa, g.oa, [e[1] for e in g.batch], g.M, g.K)
-    b_kn = g.sb[1] == 1 and g.N % 8 == 0 and g.sb[0] % 8 == 0 and g.ob % 8 == 0 and all(e[2] % 8 == 0 for e in g.batch)
+    la = _tile_loader("A", "Ap", "OFFAM", "OFFAK", "MM", BM, BK, g.sa if flat else None, g.oa, [e[1] for e in g.batch], g.M, g.K)
+    b_kn = flat and g.sb[1] == 1 and g.N % 8 == 0 and g.sb[0] % 8 == 0 and g.ob % 8 == 0 and all(e[2] % 8 == 0 for e in g.batch)
     if b_kn:   # B contiguous along N: keep it K-major in shared memory, fragments by ldmatrix.trans
       lb = (f"for (int c = threadIdx.x; c < {BN * BK // 8}; c += 256) {{\n"
             f"  const int kk = c / {BN // 8}, rc = (c % {BN // 8}) * 8;\n"
@@ -56,7 +62,7 @@ def render(name: str, g: Gemm, k: Kernel, arch: str = "sm_90", sms: int = 132):
             f"  cp_async16(&Bs[st][kk][rc], src, ok ? 16 : 0);\n}}\n")
       bdecl, bfrag = B_KN_DECL, B_KN_FRAG
     else:
-      lb = _tile_loader("B", "Bp", "SBN", "SBK", "NN", BN, BK, (g.sb[1], g.sb[0]), g.ob, [e[2] for e in g.batch], g.N, g.K)
+      lb = _tile_loader("B", "Bp", "OFFBN", "OFFBK", "NN", BN, BK, (g.sb[1], g.sb[0]) if flat else None, g.ob, [e[2] for e in g.batch], g.N, g.K)
       bdecl, bfrag = B_NK_DECL, B_NK_FRAG
     body = (MMA_TEMPLATE.replace("@BDECL@", bdecl).replace("@BFRAG@", bfrag).replace("@LOADA@", la).replace("@LOADB@", lb).replace("@MMA_T@", mma_t)
             .replace("@BATCH@", batch_head).replace("@NAME@", name).replace("@ARGS@", ", ".join(args))
@@ -75,11 +81,12 @@ def render(name: str, g: Gemm, k: Kernel, arch: str = "sm_90", sms: int = 132):
   return Rendered(src, grid, block, 0, None)
 
 
-def _tile_loader(which: str, ptr: str, s_row: str, s_k: str, rows: str, BR: int, BK: int, strides, off: int, bstrides, R: int, K: int) -> str:
+def _tile_loader(which: str, ptr: str, off_r: str, off_k: str, rows: str, BR: int, BK: int, strides, off: int, bstrides, R: int, K: int) -> str:
   """Code that fills stage `st` of the shared tile {which}s[st][BR][BK+8] (row-major, K contiguous) with
-  rows r0.. and k0.. of the operand (element (r, k) at base + r*s_row + k*s_k), zero outside."""
-  sr, sk = strides
-  aligned = off % 8 == 0 and all(b % 8 == 0 for b in bstrides)
+  rows r0.. and k0.. of the operand (element (r, k) at base + off_r(r) + off_k(k)), zero outside. `strides`:
+  (stride r, stride k) of a single-axis operand, which 16-byte loads may read; None for several axes."""
+  sr, sk = strides or (0, 0)
+  aligned = strides is not None and off % 8 == 0 and all(b % 8 == 0 for b in bstrides)
   T = 256
   if sk == 1 and K % 8 == 0 and sr % 8 == 0 and aligned:
     # 16-byte chunks along K, straight into shared memory by cp.async
@@ -87,7 +94,7 @@ def _tile_loader(which: str, ptr: str, s_row: str, s_k: str, rows: str, BR: int,
     return (f"for (int c = threadIdx.x; c < {n}; c += {T}) {{\n"
             f"  const int r = c / {BK // 8}, kc = (c % {BK // 8}) * 8;\n"
             f"  const bool ok = r0 + r < {rows} && k0 + kc < KK;\n"
-            f"  const unsigned short* src = ok ? {ptr} + base{which} + (long long)(r0 + r) * {s_row} + (k0 + kc) : {ptr};\n"
+            f"  const unsigned short* src = ok ? {ptr} + base{which} + {off_r}(r0 + r) + (k0 + kc) : {ptr};\n"
             f"  cp_async16(&{which}s[st][r][kc], src, ok ? 16 : 0);\n}}\n")
   if sr == 1 and R % 8 == 0 and sk % 8 == 0 and aligned:
     # 16-byte chunks along the rows, transposed into shared memory
@@ -95,18 +102,18 @@ def _tile_loader(which: str, ptr: str, s_row: str, s_k: str, rows: str, BR: int,
     return (f"for (int c = threadIdx.x; c < {n}; c += {T}) {{\n"
             f"  const int kk = c / {BR // 8}, rc = (c % {BR // 8}) * 8;\n"
             f"  uint4 v = make_uint4(0, 0, 0, 0);\n"
-            f"  if (r0 + rc < {rows} && k0 + kk < KK) v = *(const uint4*)({ptr} + base{which} + (long long)(k0 + kk) * {s_k} + (r0 + rc));\n"
+            f"  if (r0 + rc < {rows} && k0 + kk < KK) v = *(const uint4*)({ptr} + base{which} + {off_k}(k0 + kk) + (r0 + rc));\n"
             f"  const unsigned short* h = (const unsigned short*)&v;\n"
             f"  #pragma unroll\n  for (int j = 0; j < 8; j++) {which}s[st][rc + j][kk] = h[j];\n}}\n")
   # any view: element by element, the operand's contiguous-most axis fastest across threads
   n = BR * BK
-  if abs(sk) <= abs(sr):
+  if strides is None or abs(sk) <= abs(sr):
     idx = f"const int r = e / {BK}, kk = e % {BK};"
   else:
     idx = f"const int kk = e / {BR}, r = e % {BR};"
   return (f"for (int e = threadIdx.x; e < {n}; e += {T}) {{\n  {idx}\n"
           f"  unsigned short v = 0;\n"
-          f"  if (r0 + r < {rows} && k0 + kk < KK) v = {ptr}[base{which} + (long long)(r0 + r) * {s_row} + (long long)(k0 + kk) * {s_k}];\n"
+          f"  if (r0 + r < {rows} && k0 + kk < KK) v = {ptr}[base{which} + {off_r}(r0 + r) + {off_k}(k0 + kk)];\n"
           f"  {which}s[st][r][kk] = v;\n}}\n")
 
 
@@ -204,8 +211,8 @@ extern "C" __global__ void __launch_bounds__(256) @NAME@(@ARGS@) {
       for (int h = 0; h < 2; h++) {
         const int rr = r + h * 8;
         if (rr < MM) {
-          if (c < NN) out[offc + rr * SCM + c * SCN] = STORE(acc[i][j][2 * h]);
-          if (c + 1 < NN) out[offc + rr * SCM + (c + 1) * SCN] = STORE(acc[i][j][2 * h + 1]);
+          if (c < NN) out[offc + OFFCM(rr) + OFFCN(c)] = STORE(acc[i][j][2 * h]);
+          if (c + 1 < NN) out[offc + OFFCM(rr) + OFFCN(c + 1)] = STORE(acc[i][j][2 * h + 1]);
         }
       }
     }
@@ -230,10 +237,10 @@ extern "C" __global__ void __launch_bounds__(256) @NAME@(@ARGS@) {
   for (int k0 = 0; k0 < KK; k0 += 16) {
     for (int e = threadIdx.x; e < 16 * 64; e += 256) {
       int kk, r;
-      if (SAK == 1) { r = e / 16; kk = e % 16; } else { kk = e / 64; r = e % 64; }
-      As[kk][r] = (m0 + r < MM && k0 + kk < KK) ? LOADA(@A@[offa + (m0 + r) * SAM + (k0 + kk) * SAK]) : 0.f;
-      if (SBK == 1) { r = e / 16; kk = e % 16; } else { kk = e / 64; r = e % 64; }
-      Bs[kk][r] = (n0 + r < NN && k0 + kk < KK) ? LOADB(@B@[offb + (k0 + kk) * SBK + (n0 + r) * SBN]) : 0.f;
+      if (A_ALONG_K) { r = e / 16; kk = e % 16; } else { kk = e / 64; r = e % 64; }
+      As[kk][r] = (m0 + r < MM && k0 + kk < KK) ? LOADA(@A@[offa + OFFAM(m0 + r) + OFFAK(k0 + kk)]) : 0.f;
+      if (B_ALONG_K) { r = e / 16; kk = e % 16; } else { kk = e / 64; r = e % 64; }
+      Bs[kk][r] = (n0 + r < NN && k0 + kk < KK) ? LOADB(@B@[offb + OFFBK(k0 + kk) + OFFBN(n0 + r)]) : 0.f;
     }
     __syncthreads();
     #pragma unroll
@@ -253,7 +260,7 @@ extern "C" __global__ void __launch_bounds__(256) @NAME@(@ARGS@) {
     #pragma unroll
     for (int j = 0; j < 4; j++) {
       const int r = m0 + ty + 16 * i, c = n0 + tx + 16 * j;
-      if (r < MM && c < NN) out[offc + r * SCM + c * SCN] = STORE(acc[i][j]);
+      if (r < MM && c < NN) out[offc + OFFCM(r) + OFFCN(c)] = STORE(acc[i][j]);
     }
   }
 }

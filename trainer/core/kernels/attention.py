@@ -5,7 +5,8 @@
   path, aligns them to the top left; `covers` takes causal calls only when T == S, where the two agree).
 
 Kernels (CUDA: bf16 or fp16 q/k/v, D in {64, 128}, any T and S, tensor cores mma.sync m16n8k16 with
-fp32 accumulators; the numpy references take float32 too, so CPU tests can run them exactly):
+fp32 accumulators; the CPU: any float type and D, in C (attention_cpu.py); the numpy references, float64 inside, are
+what the numpy interpreter runs):
 
   AttentionForward(q, k, v) -> the output O (B, H, T, D) in q's dtype and each row's log-sum-exp
       (B, H, T) float32 (natural log, of scale * scores; +inf for a row with no visible key). One block
@@ -23,7 +24,7 @@ On sm_90 devices (H100, H200) the forward and the D = 128 backward are the wgmma
 
 A row with no visible key (causal with T > S) gives a zero output and zero gradients (as the composed
 path does for a fully masked row, and torch). Memory beyond the inputs is O(B*H*T*D): the output, log-sum-exp, delta and the gradients.
-`flash_attention` is the autograd entry; functional.scaled_dot_product_attention calls it on CUDA
+`flash_attention` is the autograd entry; functional.scaled_dot_product_attention calls it on CUDA and CPU
 devices for the cases `covers` accepts and composes primitive ops otherwise.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..custom import CustomKernel
 from ..dtypes import DType, dtypes, f32_to_bf16, bf16_to_f32
 from ..function import Function
 from ..lazy import LazyBuffer
-from . import attention_sm90 as sm90
+from . import attention_sm90 as sm90, attention_cpu
 
 LOG2E = 1.4426950408889634
 
@@ -94,6 +95,8 @@ class AttentionForward(_Attention):
     lse = np.where(seen, m + np.log(np.where(seen, l, 1)), np.inf)[..., 0]
     return o, lse
 
+  def render_c(self, fname: str) -> str: return attention_cpu.render_forward(self, fname)
+
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
     grid = (self.b * self.h, (self.t + self.BM - 1) // self.BM, 1)   # every head's longest rows first: no causal tail
@@ -125,6 +128,8 @@ class AttentionBackward(_Attention):
     dv = group(np.einsum("bhts,bhtd->bhsd", p, do))
     return dq, dk, dv
 
+  def render_c(self, fname: str) -> str: return attention_cpu.render_backward(self, fname)
+
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
     zero = self.b * self.h * self.t * self.d * 4   # dQ, accumulated atomically
@@ -146,6 +151,8 @@ class AttentionDelta(_Attention):
     rows = (self.b, self.h, self.t)
     o = o.reshape(rows + (self.d,)).astype(np.float64)
     return (do.reshape(rows + (self.d,)).astype(np.float64) * o).sum(-1)
+
+  def render_c(self, fname: str) -> str: return attention_cpu.render_delta(self, fname)
 
   def render_cuda(self, fname: str, arch: str):
     from ..codegen.cuda import Rendered, HEADER
@@ -177,16 +184,20 @@ class FlashAttention(Function):
 
 
 def covers(q, k, v, attn_mask=None, scale=None, dropout_p=0.0, is_causal=False) -> bool:
-  """Whether the CUDA kernels handle this scaled_dot_product_attention call: no mask, no dropout, and, when causal,
-  T == S (the kernels align a causal mask to the bottom right, torch's function to the top left; they agree when square)."""
-  return (attn_mask is None and dropout_p == 0 and (not is_causal or q.shape[-2] == k.shape[-2]) and str(q.device).startswith("CUDA") and q.dtype in (dtypes.bfloat16, dtypes.float16)
-          and q.dtype is k.dtype is v.dtype and q.shape[-1] in (64, 128) and v.shape[-1] == q.shape[-1] and q.ndim >= 3
-          and q.shape[:-3] == k.shape[:-3] == v.shape[:-3] and q.shape[-2] > 0 and k.shape[-2] > 0 and (scale is None or scale > 0))
+  """Whether the fused kernels handle this scaled_dot_product_attention call: no mask, no dropout, and, when causal,
+  T == S (the kernels align a causal mask to the bottom right, torch's function to the top left; they agree when square);
+  on CUDA bfloat16/float16 with D 64 or 128, on the CPU any float type."""
+  call = (attn_mask is None and dropout_p == 0 and (not is_causal or q.shape[-2] == k.shape[-2]) and q.dtype is k.dtype is v.dtype
+          and v.shape[-1] == q.shape[-1] and q.ndim >= 3 and q.shape[:-3] == k.shape[:-3] == v.shape[:-3] and q.shape[-2] > 0 and k.shape[-2] > 0
+          and (scale is None or scale > 0))
+  device = str(q.device)
+  if device.startswith("CUDA"): return call and q.dtype in (dtypes.bfloat16, dtypes.float16) and q.shape[-1] in (64, 128)
+  return call and device.startswith("CPU") and q.dtype.is_float
 
 
 def flash_attention(q, k, v, is_causal=False, scale=None):
-  """q (..., H, T, D), k/v (..., Hkv, S, D) -> (..., H, T, D) through the fused kernels (on any device:
-  CPU devices run their numpy references)."""
+  """q (..., H, T, D), k/v (..., Hkv, S, D) -> (..., H, T, D) through the fused kernels (on any device: one
+  without a rendering runs their numpy references)."""
   *lead, h, t, d = q.shape
   hkv, s = k.shape[-3], k.shape[-2]
   b = math.prod(lead)
