@@ -152,3 +152,61 @@ def test_clamp_with_tensor_bounds_keeps_the_closed_interval():
   np.testing.assert_array_equal(gx, g * ((x >= lo) & (x <= hi)))
   np.testing.assert_array_equal(glo, g * ((x < lo) & (lo < hi)))
   np.testing.assert_array_equal(ghi, g * ((x > hi) | (hi < lo)))
+
+
+# ---- ties: torch.max(x, dim) and max_pool2d send the gradient to the one index they return, not to every maximum ----
+# (derivatives.yaml: max.dim's values go through value_selecting_reduction_backward with the indices; max_pool2d's
+# backward, aten/src/ATen/native/cpu/MaxPoolKernel.cpp, adds each output's gradient at the index its forward kept:
+# the first maximum of the window in row-major order, `if (val > maxval)`.)  amax and max() without a dim share a
+# tie evenly, and keep doing so.
+def _ties(*shape, seed):
+  """Random small integers as float32: windows and rows with several equal maxima."""
+  return np.random.default_rng(seed).integers(-2, 3, shape).astype(np.float64)
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_max_along_a_dim_sends_the_gradient_to_the_returned_index(dim):
+  x = _ties(4, 5, 6, seed=dim + 3)
+  out, g, (gx,) = _grads(lambda t: t.max(dim).values, x)
+  first = np.argmax(x, axis=dim)                      # numpy's argmax is the first maximum, as torch's index
+  want = np.zeros_like(x)
+  np.put_along_axis(want, np.expand_dims(first, dim), np.expand_dims(g, dim), axis=dim)
+  np.testing.assert_array_equal(out, x.max(dim))
+  np.testing.assert_array_equal(gx, want)
+
+
+def test_min_along_a_dim_and_amax_ties():
+  x = _ties(6, 7, seed=9)
+  _, g, (gx,) = _grads(lambda t: t.min(1).values, x)
+  want = np.zeros_like(x)
+  want[np.arange(6), np.argmin(x, 1)] = g
+  np.testing.assert_array_equal(gx, want)
+  _, g, (gx,) = _grads(lambda t: t.amax(1), x)       # amax: evenly among the maxima (scale_grad_by_count)
+  tie = x == x.max(1, keepdims=True)
+  np.testing.assert_allclose(gx, tie * (g / tie.sum(1))[:, None], rtol=1e-6)
+
+
+def _np_max_pool2d_grad(x, g, k, s, p, d):
+  """torch's CPU max_pool2d backward: each output's gradient at the first maximum of its window (row-major), padding
+  never chosen."""
+  N, C, H, W = x.shape
+  gx = np.zeros_like(x)
+  for n in range(N):
+    for c in range(C):
+      for oy in range(g.shape[2]):
+        for ox in range(g.shape[3]):
+          best, at = -np.inf, None
+          for i in range(k[0]):
+            for j in range(k[1]):
+              y, xx = oy * s[0] - p[0] + i * d[0], ox * s[1] - p[1] + j * d[1]
+              if 0 <= y < H and 0 <= xx < W and (at is None or x[n, c, y, xx] > best): best, at = x[n, c, y, xx], (y, xx)
+          gx[n, c, at[0], at[1]] += g[n, c, oy, ox]
+  return gx
+
+
+@pytest.mark.parametrize("k,s,p,d", [((2, 2), (2, 2), (0, 0), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
+                                     ((3, 2), (1, 2), (1, 0), (2, 1)), ((3, 3), (1, 1), (0, 0), (1, 1))])
+def test_max_pool2d_sends_the_gradient_to_the_first_maximum_of_each_window(k, s, p, d):
+  x = _ties(2, 3, 9, 8, seed=11)
+  out, g, (gx,) = _grads(lambda t: t.max_pool2d(k, s, p, d), x)
+  np.testing.assert_allclose(gx, _np_max_pool2d_grad(x, g, k, s, p, d), rtol=1e-6)   # overlapping windows: float32 sums

@@ -26,8 +26,9 @@ class Windows(Function):
 
 class MaxPool(Function):
   """The largest value of each window of x (padded already), read through a window view. Backward: each window's
-  gradient shared by its maxima (ties split it evenly, as amax's rule), placed back tap by tap (_place_taps): one
-  kernel of the taps' masks and the shared gradient, with no window-sized intermediate."""
+  gradient goes to one tap, the first maximum of the window in row-major order, as torch's max_pool2d backward
+  (aten/src/ATen/native/cpu/MaxPoolKernel.cpp keeps the index where `val > maxval` last held), placed back tap by tap
+  (_place_taps): one kernel of the taps' masks and the gradient, with no window-sized intermediate."""
   def forward(self, x: LazyBuffer, kernel, stride, dilation):
     if x.view.mask is not None: x = x.contiguous()   # a padded input copied once, read by forward and backward
     self.x, self.kernel, self.stride, self.dilation = x, kernel, stride, dilation
@@ -36,11 +37,15 @@ class MaxPool(Function):
     return self.out
 
   def backward(self, g: LazyBuffer):
-    win = self.x.windows(self.kernel, self.stride, self.dilation)
-    top = self.out.reshape(self.out.shape + (1, 1)).expand(win.shape)
-    count = win.alu(Op.CMPEQ, top).cast(g.dtype).reduce(Op.SUM, (len(win.shape) - 2, len(win.shape) - 1)).reshape(g.shape)
-    share, keep = g.alu(Op.MUL, count.alu(Op.RECIP)), tuple((0, n) for n in g.shape)
-    tap = lambda i, j: win.shrink(keep + ((i, i + 1), (j, j + 1))).reshape(g.shape).alu(Op.CMPEQ, self.out).cast(g.dtype).alu(Op.MUL, share)
+    win, (kh, kw) = self.x.windows(self.kernel, self.stride, self.dilation), self.kernel
+    keep, zero = tuple((0, n) for n in g.shape), g.const_like(0)
+    # rank(i, j): kh*kw - (i*kw + j) where the tap holds the window's maximum, else 0; the largest rank is the first
+    rank = lambda i, j: (win.shrink(keep + ((i, i + 1), (j, j + 1))).reshape(g.shape).alu(Op.CMPEQ, self.out)
+                         .alu(Op.WHERE, g.const_like(kh * kw - i * kw - j, dtypes.int32), g.const_like(0, dtypes.int32)))
+    first = rank(0, 0)
+    for t in range(1, kh * kw): first = first.alu(Op.MAX, rank(*divmod(t, kw)))
+    first = first.contiguous(stored=True)   # stored once (an int per output), not redone by each of the kh*kw taps that read it
+    tap = lambda i, j: rank(i, j).alu(Op.CMPEQ, first).alu(Op.WHERE, g, zero)
     return _place_taps(tap, self.x.shape, self.kernel, self.stride, self.dilation)
 
 

@@ -94,8 +94,10 @@ class LazyBuffer:
     part = x.reduce(op, tuple(a + 1 if i == a else i + (i > a) for i in axes))
     return part.reduce(op, (a,)).reshape(shape)
 
-  def contiguous(self) -> LazyBuffer:
-    if self.op is not Op.VIEW and self.op is not Op.CONST: return self
+  def contiguous(self, stored: bool = False) -> LazyBuffer:
+    """A buffer of its own for a view or constant; stored=True makes any node a kernel's output (a value that one
+    kernel would otherwise recompute for each of its readers)."""
+    if self.op is not Op.VIEW and self.op is not Op.CONST and not stored: return self
     return LazyBuffer(self.device, self.dtype, self.shape, Op.CONTIGUOUS, (self,))
 
   def copy_to(self, device: str) -> LazyBuffer:

@@ -752,6 +752,9 @@ def _max_with_index(x: Tensor, dim: int, keepdim: bool) -> ValuesIndices:
   m = x.amax(dim, keepdim=True)
   idx = _ramp(n, x.device).reshape([n if i == dim else 1 for i in range(x.ndim)])
   first = (n - 1 - (n - 1 - idx).where(x == m.detach(), -1).amax(dim, keepdim=True)).cast(dtypes.int32)
+  # The values' gradient goes to that one index, as torch's value_selecting_reduction_backward (ties are not shared,
+  # unlike amax's). Adding -0.0 to one value leaves it exact, -0.0 and infinities included.
+  if x.requires_grad: m = x.where(idx == first, -0.0).sum(dim, keepdim=True)
   return ValuesIndices(m, first) if keepdim else ValuesIndices(m.squeeze(dim), first.squeeze(dim))
 
 
