@@ -210,3 +210,53 @@ def test_max_pool2d_sends_the_gradient_to_the_first_maximum_of_each_window(k, s,
   x = _ties(2, 3, 9, 8, seed=11)
   out, g, (gx,) = _grads(lambda t: t.max_pool2d(k, s, p, d), x)
   np.testing.assert_allclose(gx, _np_max_pool2d_grad(x, g, k, s, p, d), rtol=1e-6)   # overlapping windows: float32 sums
+
+
+# ---- NaN: torch's maximum, minimum, max, min, amax, amin, argmax, relu and max_pool2d return a NaN they meet
+# (torch.maximum's documentation: "If one of the elements being compared is a NaN, then that element is returned";
+# the reductions and argmax treat NaN as the largest value, as numpy's do). Reductions long enough to take the
+# vectorised loop (5,000 per row) and the whole-tensor one split over threads (120,000) are included.
+def _with_nans(*shape, seed, every=37):
+  x = np.random.default_rng(seed).standard_normal(shape)
+  flat = x.reshape(-1)
+  flat[np.random.default_rng(seed + 1).choice(flat.size, max(1, flat.size // every), replace=False)] = np.nan
+  return x.astype(np.float32)
+
+
+def test_maximum_and_minimum_return_the_nan():
+  a, b = _with_nans(6, 7, seed=1), _with_nans(7, seed=3, every=3)
+  np.testing.assert_array_equal(Tensor(a).maximum(Tensor(b)).numpy(), np.maximum(a, b))
+  np.testing.assert_array_equal(Tensor(b).maximum(Tensor(a)).numpy(), np.maximum(b, a))
+  np.testing.assert_array_equal(Tensor(a).minimum(Tensor(b)).numpy(), np.minimum(a, b))
+
+
+@pytest.mark.parametrize("shape,dim", [((4, 9), 1), ((4, 9), 0), ((3, 5000), 1), ((5000, 3), 0), ((120000,), None), ((2, 3, 4), (0, 2))])
+def test_max_reductions_propagate_nan(shape, dim):
+  x = _with_nans(*shape, seed=sum(shape), every=max(7, int(np.prod(shape)) // 5))
+  x[0] = np.random.default_rng(0).standard_normal(x[0].shape)           # one slice without NaN: its max is a number
+  np.testing.assert_array_equal(Tensor(x).amax(dim).numpy(), np.max(x, axis=dim))
+  np.testing.assert_array_equal(Tensor(x).amin(dim).numpy(), np.min(x, axis=dim))
+  if isinstance(dim, int):
+    v, i = Tensor(x).max(dim)
+    np.testing.assert_array_equal(v.numpy(), np.max(x, axis=dim))
+    np.testing.assert_array_equal(i.numpy(), np.argmax(x, axis=dim))
+    np.testing.assert_array_equal(Tensor(x).argmin(dim).numpy(), np.argmin(x, axis=dim))
+
+
+def test_relu_and_max_pool2d_propagate_nan():
+  x = _with_nans(2, 3, 8, 8, seed=5, every=29)
+  np.testing.assert_array_equal(Tensor(x).relu().numpy(), np.where(np.isnan(x) | (x > 0), x, 0))
+  got = Tensor(x).max_pool2d(3, 2, 1).numpy()
+  xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+  want = np.stack([xp[:, :, i:i + 7:2, j:j + 7:2] for i in range(3) for j in range(3)]).max(0)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_relu_passes_no_gradient_at_a_nan_and_max_pool2d_sends_it_to_the_last_nan():
+  """torch's relu backward is threshold_backward(grad, result, 0): none where the result is not > 0, a NaN
+  included; max_pool2d's CPU kernel keeps an index where `val > maxval || isnan(val)`: the last NaN of a window."""
+  x = np.array([[[[1.0, np.nan, 2.0, 0.5], [np.nan, 3.0, -1.0, 0.0]]]], np.float32)
+  _, g, (gx,) = _grads(lambda t: t.relu(), x)
+  np.testing.assert_array_equal(gx, np.where(x > 0, g, 0))
+  _, g, (gx,) = _grads(lambda t: t.max_pool2d(2, 2), x)
+  np.testing.assert_array_equal(gx, [[[[0, 0, g[0, 0, 0, 1], 0], [g[0, 0, 0, 0], 0, 0, 0]]]])   # windows [[1, nan], [nan, 3]], [[2, .5], [-1, 0]]

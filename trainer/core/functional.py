@@ -26,8 +26,9 @@ class Windows(Function):
 
 class MaxPool(Function):
   """The largest value of each window of x (padded already), read through a window view. Backward: each window's
-  gradient goes to one tap, the first maximum of the window in row-major order, as torch's max_pool2d backward
-  (aten/src/ATen/native/cpu/MaxPoolKernel.cpp keeps the index where `val > maxval` last held), placed back tap by tap
+  gradient goes to one tap, the first maximum of the window in row-major order or its last NaN, as torch's max_pool2d
+  backward (aten/src/ATen/native/cpu/MaxPoolKernel.cpp keeps the index where `val > maxval || isnan(val)` last held),
+  placed back tap by tap
   (_place_taps): one kernel of the taps' masks and the gradient, with no window-sized intermediate."""
   def forward(self, x: LazyBuffer, kernel, stride, dilation):
     if x.view.mask is not None: x = x.contiguous()   # a padded input copied once, read by forward and backward
@@ -39,9 +40,12 @@ class MaxPool(Function):
   def backward(self, g: LazyBuffer):
     win, (kh, kw) = self.x.windows(self.kernel, self.stride, self.dilation), self.kernel
     keep, zero = tuple((0, n) for n in g.shape), g.const_like(0)
-    # rank(i, j): kh*kw - (i*kw + j) where the tap holds the window's maximum, else 0; the largest rank is the first
-    rank = lambda i, j: (win.shrink(keep + ((i, i + 1), (j, j + 1))).reshape(g.shape).alu(Op.CMPEQ, self.out)
-                         .alu(Op.WHERE, g.const_like(kh * kw - i * kw - j, dtypes.int32), g.const_like(0, dtypes.int32)))
+    # rank of tap t = i*kw + j: kh*kw - t where it holds the window's maximum, kh*kw + 1 + t where it is NaN, else 0;
+    # the tap of the largest rank takes the gradient
+    K, const = kh * kw, lambda v: g.const_like(v, dtypes.int32)
+    def rank(i, j):
+      v = win.shrink(keep + ((i, i + 1), (j, j + 1))).reshape(g.shape)
+      return v.alu(Op.CMPEQ, self.out).alu(Op.WHERE, const(K - i * kw - j), v.alu(Op.CMPEQ, v).alu(Op.WHERE, const(0), const(K + 1 + i * kw + j)))
     first = rank(0, 0)
     for t in range(1, kh * kw): first = first.alu(Op.MAX, rank(*divmod(t, kw)))
     first = first.contiguous(stored=True)   # stored once (an int per output), not redone by each of the kh*kw taps that read it

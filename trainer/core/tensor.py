@@ -391,7 +391,10 @@ class Tensor:
     t = self.trunc()
     return t if not self.dtype.is_float else where(t > self, t - 1, t)
   def ceil(self): return -(-self).floor()
-  def relu(self): return self.where(self > 0, 0.0 if self.dtype.is_float else 0)
+  def relu(self):
+    """max(x, 0) as torch's: a NaN stays NaN, with no gradient (threshold_backward passes none where x > 0 fails)."""
+    if not self.dtype.is_float: return self.where(self > 0, 0)
+    return self.where(self > 0, self.detach().where(self != self, 0.0))
   def leaky_relu(self, negative_slope=0.01): return self.where(self > 0, self * negative_slope)
   def gelu(self, approximate="none"):
     """x * Phi(x) with the exact erf form (torch's default), or its tanh approximation with approximate='tanh'."""
@@ -751,7 +754,8 @@ def _max_with_index(x: Tensor, dim: int, keepdim: bool) -> ValuesIndices:
   n = x.shape[dim]
   m = x.amax(dim, keepdim=True)
   idx = _ramp(n, x.device).reshape([n if i == dim else 1 for i in range(x.ndim)])
-  first = (n - 1 - (n - 1 - idx).where(x == m.detach(), -1).amax(dim, keepdim=True)).cast(dtypes.int32)
+  top = (x == m.detach()) | (x != x) if x.dtype.is_float else x == m.detach()   # a NaN is the largest (m is NaN then)
+  first = (n - 1 - (n - 1 - idx).where(top, -1).amax(dim, keepdim=True)).cast(dtypes.int32)
   # The values' gradient goes to that one index, as torch's value_selecting_reduction_backward (ties are not shared,
   # unlike amax's). Adding -0.0 to one value leaves it exact, -0.0 and infinities included.
   if x.requires_grad: m = x.where(idx == first, -0.0).sum(dim, keepdim=True)

@@ -23,7 +23,7 @@ from ..ops import Op
 from ..schedule import Kernel
 from ..dtypes import dtypes
 from .loops import lower, LoopNest, Access
-from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, PRELUDE
+from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, max_expr, PRELUDE
 from . import gemm
 from .cpu import index, _int_min
 from .cuda import _Exprs, _index_type, _unflatten, _prod
@@ -172,7 +172,7 @@ def _reduce(k: Kernel, nest: LoopNest) -> Rendered:
   acc_t = ctype(red.dtype)
   r_op = red.arg[0]
   init = literal(0, red.dtype) if r_op is Op.SUM else (literal(float("-inf"), red.dtype) if red.dtype.is_float else _int_min(red.dtype))
-  comb = (lambda a, b: f"{a} + {b}") if r_op is Op.SUM else (lambda a, b: f"({b} > {a} ? {b} : {a})")
+  comb = (lambda a, b: f"{a} + {b}") if r_op is Op.SUM else (lambda a, b: max_expr(b, a, red.dtype))
   inner, ivals = [], {}
   ex.expr_lines(red.srcs[0].walk(), inner, ivals)
   vals = {id(red): "acc"}

@@ -7,7 +7,7 @@ from ..ops import Op
 from ..dtypes import dtypes
 from ..schedule import Kernel
 from .loops import lower, LoopNest, Access
-from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, alu_expr, PRELUDE
+from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, alu_expr, max_expr, PRELUDE
 from . import gemm
 
 PARALLEL_MIN = 1 << 15     # elements of work below which a kernel stays on one thread
@@ -93,8 +93,14 @@ class _Renderer:
       self.expr_lines(below, inner, ivals)
       r_op = red.arg[0]
       init = literal(0, red.dtype) if r_op is Op.SUM else (literal(float("-inf"), red.dtype) if red.dtype.is_float else _int_min(red.dtype))
-      upd = f"acc += {ivals[id(red.srcs[0])]};" if r_op is Op.SUM else f"acc = {ivals[id(red.srcs[0])]} > acc ? {ivals[id(red.srcs[0])]} : acc;"
+      x = ivals[id(red.srcs[0])]
+      upd = f"acc += {x};" if r_op is Op.SUM else f"acc = {max_expr(x, 'acc', red.dtype)};"
+      # a simd reduction clause combines its lanes with a max that drops NaN: a float max under one takes the plain
+      # compare and an or-reduced flag, and becomes NaN after the loop if it saw one (both clauses vectorise)
+      flag = r_op is Op.RMAX and red.dtype.is_float
+      simd_upd = f"acc = {x} > acc ? {x} : acc; nan_seen |= {x} != {x};" if flag else upd
       rkind = "+" if r_op is Op.SUM else "max"
+      seen, settle = ("int nan_seen = 0;", "if (nan_seen) acc = NAN;") if flag else ("", "")
       body.append(f"{ctype(red.dtype)} acc = {init};")
       rloops = list(range(n_out, len(shape)))
       if self._columns(below, rloops):
@@ -104,11 +110,12 @@ class _Renderer:
       if chunks:   # a whole-tensor reduction: fixed chunks on the threads, partials combined in order (deterministic)
         nch, r0 = min(64, shape[rloops[0]]), names[rloops[0]]
         loops[0] = f"for (long {r0} = ch*{shape[rloops[0]]}/{nch}; {r0} < (ch+1)*{shape[rloops[0]]}/{nch}; {r0}++)"
-      loops.insert(len(loops) - 1, f"#pragma omp simd reduction({rkind}:acc)")   # the innermost loop (collapsed ones do not vectorize)
+      # the innermost loop (collapsed ones do not vectorize)
+      loops.insert(len(loops) - 1, f"#pragma omp simd reduction({rkind}:acc)" + (" reduction(|:nan_seen)" if flag else ""))
       if chunks:
         body += [f"{ctype(red.dtype)} part[{nch}];", "#pragma omp parallel for", f"for (long ch = 0; ch < {nch}; ch++) {{",
-                 f"{ctype(red.dtype)} acc = {init};", *loops, "{ " + " ".join(inner) + " " + upd + " }", "part[ch] = acc; }",
-                 f"for (long ch = 0; ch < {nch}; ch++) {{ {ctype(red.dtype)} x = part[ch]; {upd.replace(ivals[id(red.srcs[0])], 'x')} }}"]
+                 f"{ctype(red.dtype)} acc = {init}; {seen}", *loops, "{ " + " ".join(inner) + " " + simd_upd + " }", f"{settle} part[ch] = acc; }}",
+                 f"for (long ch = 0; ch < {nch}; ch++) {{ {ctype(red.dtype)} x = part[ch]; {upd.replace(x, 'x')} }}"]
       elif n_out and prod(shape[a] for a in rloops) <= UNROLLED:
         # a few values per output (a pooling window): the reduce loops unrolled inside outputs taken in vectors
         self.vector_outputs = True
@@ -120,12 +127,12 @@ class _Renderer:
       elif len(rloops) > 1 and shape[rloops[-1]] <= LANES:
         # a short innermost reduce loop: one accumulator per lane for the whole reduction, summed at the end (a
         # reduction clause would add its vector up across lanes at every pass of the loops outside it)
-        lanes, ln, x = shape[rloops[-1]], names[rloops[-1]], ivals[id(red.srcs[0])]
+        lanes, ln = shape[rloops[-1]], names[rloops[-1]]
         body += [f"{ctype(red.dtype)} lane[{lanes}];", f"for (long v = 0; v < {lanes}; v++) lane[v] = {init};", *loops[:-2],
                  "{\n#pragma omp simd", loops[-1], "{ " + " ".join(inner) + " " + upd.replace("acc", f"lane[{ln}]") + " } }",
                  f"for (long v = 0; v < {lanes}; v++) {{ {ctype(red.dtype)} x = lane[v]; {upd.replace(x, 'x')} }}"]
       else:
-        body += [*loops, "{ " + " ".join(inner) + " " + upd + " }"]
+        body += [seen, *loops, "{ " + " ".join(inner) + " " + simd_upd + " }", settle]
       vals[id(red)] = "acc"
       # epilogue nodes are evaluated with the reduce indices at 0
       epi = [u for u in nest.nodes if id(u) not in ivals or u is red]
@@ -166,7 +173,7 @@ class _Renderer:
     o, E = n_out - 1, shape[n_out - 1]
     vb = min(E, max(16, min(COLUMNS, -(-E // 2))))
     x = ivals[id(red.srcs[0])]
-    upd = f"acc[v] += {x};" if red.arg[0] is Op.SUM else f"acc[v] = {x} > acc[v] ? {x} : acc[v];"
+    upd = f"acc[v] += {x};" if red.arg[0] is Op.SUM else f"acc[v] = {max_expr(x, 'acc[v]', red.dtype)};"
     vals = {id(red): "acc[v]"}
     epi = []
     saved, self.names = self.names, names[:n_out] + ["0"] * (len(shape) - n_out)

@@ -38,6 +38,12 @@ def literal(value, dt: DType) -> str:
   return f"({int(value)})"
 
 
+def max_expr(a: str, b: str, dt: DType) -> str:
+  """max(a, b) as torch.maximum: a NaN on either side is the result (a > b ? a : b alone returns b for a NaN a)."""
+  if dt.is_float: return f"(({a})>({b})||({a})!=({a})?({a}):({b}))"
+  return f"(({a})>({b})?({a}):({b}))"
+
+
 def alu_expr(op: Op, dt: DType, src_dtypes, a: list) -> str:
   if op is Op.CAST:   # a cast to a narrower float rounds as a store would, also fused inside a kernel
     if dt is dtypes.bool: return f"({a[0]}!=0)"
@@ -51,7 +57,7 @@ def alu_expr(op: Op, dt: DType, src_dtypes, a: list) -> str:
     if op is Op.NEG and dt is dtypes.bool: return f"(!{a[0]})"
     return unary[op]
   if op is Op.WHERE: return f"({a[0]}?{a[1]}:{a[2]})"
-  if op is Op.MAX: return f"({a[0]}>{a[1]}?{a[0]}:{a[1]})"
+  if op is Op.MAX: return max_expr(a[0], a[1], dt)
   if dt.is_float and op is Op.MOD: return f"__builtin_fmodf({a[0]},{a[1]})"
   if dt.is_float and op is Op.IDIV: return f"__builtin_truncf({a[0]}/{a[1]})"
   sym = {Op.ADD: "+", Op.MUL: "*", Op.IDIV: "/", Op.MOD: "%", Op.CMPLT: "<", Op.CMPEQ: "==", Op.AND: "&", Op.OR: "|",

@@ -21,7 +21,7 @@ from ..ops import Op
 from ..schedule import Kernel
 from ..dtypes import dtypes
 from .loops import lower, LoopNest
-from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, PRELUDE, cuda_spelling
+from .cstyle import STORAGE, ctype, load_expr, store_expr, literal, max_expr, PRELUDE, cuda_spelling
 from . import gemm
 from .cpu import index, _Renderer as _CExprs, _int_min
 
@@ -248,7 +248,7 @@ def _reduce(k: Kernel, nest: LoopNest, name: str) -> Rendered:
   acc_t = ctype(red.dtype)
   r_op = red.arg[0]
   init = literal(0, red.dtype) if r_op is Op.SUM else (literal(float("-inf"), red.dtype) if red.dtype.is_float else _int_min(red.dtype))
-  comb = (lambda a, b: f"{a} + {b}") if r_op is Op.SUM else (lambda a, b: f"({b} > {a} ? {b} : {a})")
+  comb = (lambda a, b: f"{a} + {b}") if r_op is Op.SUM else (lambda a, b: max_expr(b, a, red.dtype))
   # the reduced expression, evaluated at one point of the loop space
   below = red.srcs[0].walk()
   inner, ivals = [], {}

@@ -74,7 +74,7 @@ def _alu(op, dt, a):
   if op is Op.LOG2: return np.log2(a[0]).astype(c)
   if op is Op.SIN: return np.sin(a[0]).astype(c)
   if op is Op.WHERE: return np.where(a[0], a[1], a[2]).astype(c)
-  if op is Op.MAX: return np.where(a[0] > a[1], a[0], a[1]).astype(c)
+  if op is Op.MAX: return np.where((a[0] > a[1]) | (a[0] != a[0]), a[0], a[1]).astype(c)   # a NaN wins, as torch.maximum
   if op is Op.CMPLT: return a[0] < a[1]
   if op is Op.CMPEQ: return a[0] == a[1]
   if op is Op.IDIV: return (np.trunc(a[0] / np.where(a[1] == 0, 1, a[1]))).astype(c)
