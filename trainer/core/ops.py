@@ -15,14 +15,14 @@ Elementwise (all sources have the same shape; floats compute in float32 inside a
   MUL a b      a * b
   IDIV a b     integer division truncating toward zero
   MOD a b      integer remainder with the sign of a (C semantics)
-  MAX a b      the larger
+  MAX a b      the larger; a NaN on either side is the result (torch.maximum)
   CMPLT a b    a < b  -> bool
   CMPEQ a b    a == b -> bool
   AND/OR/XOR   bitwise (logical on bool)
   SHL/SHR a b  shift left / logical shift right (unsigned ints)
   WHERE c a b  a where c else b
 Reductions (keep the reduced axes with size 1; arg = (op, axes)):
-  SUM, MAX
+  SUM, MAX (NaN if any value is NaN)
 Movement (views: no data moves until a kernel reads them; see view.py):
   RESHAPE PERMUTE EXPAND PAD SHRINK FLIP
 Sources and sinks:
