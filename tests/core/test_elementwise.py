@@ -209,3 +209,19 @@ def test_sign_and_misc():
   x = rnd(4, 6, seed=7, away=0.1)
   np.testing.assert_array_equal(Tensor(x).sign().numpy(), np.sign(x.astype(np.float32)))
   check(lambda a: np.clip(a, None, 0.3), lambda t: t.clip(max=0.3), x + (np.abs(x - 0.3) < 0.05) * 0.1)
+
+
+def test_short_loops_unroll_only_small_bodies():
+  """The CPU renderer writes loops of a few iterations out as copies of the body, but not a long expression (a random
+  init's hashing copied 9 times took the C compiler 1.8 s): the copies stay within UNROLLED_NODES."""
+  from trainer.core.schedule import create_schedule
+  from trainer.core.codegen import cpu as cg
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (3, 64, 3)).astype(np.float32)   # read as (64, 3, 3) through a permute: axes that do not merge
+  for steps, copies in ((3, 9), (400, 1)):
+    y, want = Tensor(x).permute(1, 0, 2), x.transpose(1, 0, 2).astype(np.float64)
+    for _ in range(steps): y, want = (y * 0.5).sin(), np.sin(want * 0.5)
+    kernels = [k for k in create_schedule([y.lazydata]) if hasattr(k, "ast")]
+    src = cg.render(kernels[-1], "k")
+    assert src.count("= k_sin(") == steps * copies, (steps, src.count("= k_sin("))
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-6)

@@ -124,3 +124,28 @@ def test_a_shared_widening_cast_stores_its_narrow_source():
   ref = s.numpy().astype(np.float64)
   np.testing.assert_allclose(a.numpy(), (ref * ref).sum(), rtol=1e-5)
   np.testing.assert_allclose(b.numpy(), np.exp(ref * 3), rtol=1e-5)
+
+
+def test_a_schedule_s_new_kernels_are_compiled_together_once():
+  """realize hands every kernel of a schedule that has no program yet to the runtime's compile_many in one call (the
+  CPU compiles their C side by side); a kernel compiled before is not compiled again; the values are right."""
+  rt = get_runtime("CPU:0")
+  if not hasattr(type(rt), "compile_many") or "compile_many" in vars(rt): pytest.skip("the interpreter compiles nothing")
+  calls, orig = [], type(rt).compile_many
+  def spy(self, kernels, names):
+    calls.append(len(kernels))
+    return orig(self, kernels, names)
+  x = np.random.default_rng(7).standard_normal((13, 7)).astype(np.float32)
+  step = lambda a: ((a * 3.25 - 1.5).exp().sum(1).reshape(13, 1) * a).amax(0)   # constants no other test uses
+  type(rt).compile_many = spy
+  try:
+    y = step(Tensor(x)).numpy()
+    first = list(calls)
+    z = step(Tensor(x)).numpy()
+  finally:
+    type(rt).compile_many = orig
+  x64 = x.astype(np.float64)
+  np.testing.assert_allclose(y, (np.exp(x64 * 3.25 - 1.5).sum(1)[:, None] * x64).max(0), rtol=1e-5)
+  assert len(first) == 1 and first[0] >= 2, calls
+  assert calls == first                                # the same kernels again: nothing compiled
+  np.testing.assert_array_equal(z, y)

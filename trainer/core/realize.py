@@ -38,8 +38,26 @@ def get_program(k: Kernel | CustomItem):
   return p
 
 
+def compile_ahead(items: list):
+  """The programs of a schedule's kernels that are not compiled yet, compiled side by side where a runtime can
+  (compile_many: the CPU runs one C compiler per core); the others are compiled at their launch."""
+  todo: dict = {}
+  for k in items:
+    if isinstance(k, Kernel) and hasattr(get_runtime(k.output.device), "compile_many"):
+      key = kernel_key(k)
+      if key not in _programs and key not in todo: todo[key] = k
+  for rt in {key[0] for key in todo}:
+    keys = [key for key in todo if key[0] is rt]
+    names = [f"k{len(_programs) + i}" for i in range(len(keys))]
+    for key, p in zip(keys, rt.compile_many([todo[key] for key in keys], names)):
+      _programs[key] = p
+      descriptions[id(p)] = describe(todo[key])
+      stats["compiled"] += 1
+
+
 def realize(*lbs: LazyBuffer):
   items = create_schedule(list(lbs))[::-1]
+  compile_ahead(items)
   while items: run_item(items.pop())   # an intermediate is freed after its last reader, not at the end
 
 

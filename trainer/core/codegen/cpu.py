@@ -13,6 +13,7 @@ from . import gemm
 PARALLEL_MIN = 1 << 15     # elements of work below which a kernel stays on one thread
 UNROLL = 4                 # output loops this short (inside the first) are unrolled, not looped over
 UNROLLED = 16              # copies of a body at most: unrolled loops, or a reduction this small, unrolled, vectorised across outputs
+UNROLLED_NODES = 2048      # expression nodes in all copies at most (a random init's hashing copied 9 times took the C compiler 1.8 s)
 LANES = 64                 # an innermost reduce loop this short accumulates in one lane per iteration
 COLUMNS = 64               # outputs a thread accumulates together in a reduction read along its output axis (4 AVX-512 vectors)
 HEADER = "#include <math.h>\n#include <stdlib.h>\ntypedef _Float16 half;\n" + PRELUDE
@@ -80,7 +81,8 @@ class _Renderer:
     if red is None:
       # loops of a few iterations inside the first are unrolled (up to UNROLLED copies of the body)
       for a in reversed(range(1, n_out)):
-        if shape[a] <= UNROLL and prod(shape[b] for b in self.unrolled) * shape[a] <= UNROLLED: self.unrolled.append(a)
+        copies = prod(shape[b] for b in self.unrolled) * shape[a]
+        if shape[a] <= UNROLL and copies <= UNROLLED and copies * len(nest.nodes) <= UNROLLED_NODES: self.unrolled.append(a)
       out_idx = lambda: index(nest.out, self.names[:n_out] + ["0"] * (len(shape) - n_out))
       def element():
         lines, vals = [], {}
@@ -116,7 +118,7 @@ class _Renderer:
         body += [f"{ctype(red.dtype)} part[{nch}];", "#pragma omp parallel for", f"for (long ch = 0; ch < {nch}; ch++) {{",
                  f"{ctype(red.dtype)} acc = {init}; {seen}", *loops, "{ " + " ".join(inner) + " " + simd_upd + " }", f"{settle} part[ch] = acc; }}",
                  f"for (long ch = 0; ch < {nch}; ch++) {{ {ctype(red.dtype)} x = part[ch]; {upd.replace(x, 'x')} }}"]
-      elif n_out and prod(shape[a] for a in rloops) <= UNROLLED:
+      elif n_out and prod(shape[a] for a in rloops) <= UNROLLED and prod(shape[a] for a in rloops) * len(below) <= UNROLLED_NODES:
         # a few values per output (a pooling window): the reduce loops unrolled inside outputs taken in vectors
         self.vector_outputs = True
         def value():

@@ -4,7 +4,7 @@ No multiply-add contraction (-ffp-contract=off): a kernel's values must not depe
 cut the graph; the matrix product's micro-kernel asks for contraction itself (codegen/gemm.py).
 Without a C compiler it falls back to the numpy interpreter and says so once."""
 from __future__ import annotations
-import ctypes, functools, hashlib, os, shutil, subprocess, tempfile, warnings
+import concurrent.futures, ctypes, functools, hashlib, os, shutil, subprocess, tempfile, warnings
 import numpy as np
 from .host import HostRuntime
 from ..device import register
@@ -49,7 +49,9 @@ class CPURuntime(HostRuntime):
     if shutil.which(CC) is None:
       warnings.warn(f"no C compiler ({CC!r}) found: the CPU backend runs on the slow numpy interpreter")
       from .interp import InterpRuntime
-      self.compile = InterpRuntime(name).compile   # type: ignore[method-assign]
+      interp = InterpRuntime(name)
+      self.compile = interp.compile   # type: ignore[method-assign]
+      self.compile_many = lambda kernels, names: [interp.compile(k, n) for k, n in zip(kernels, names)]   # type: ignore[method-assign]
 
   def compile_custom(self, kernel, name: str, outs, inputs):
     if not hasattr(kernel, "render_c"): return super().compile_custom(kernel, name, outs, inputs)
@@ -57,12 +59,22 @@ class CPURuntime(HostRuntime):
     fn.restype, fn.argtypes = None, [ctypes.c_void_p] * (len(outs) + len(inputs))
     return Program(fn, name)
 
-  def compile(self, kernel, name: str):
-    src = cpu_codegen.render(kernel, name)
-    fn = getattr(compile_c(src), name)
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * (1 + len(kernel.inputs))
-    return Program(fn, name)
+  def compile(self, kernel, name: str): return self.compile_many([kernel], [name])[0]
+
+  def compile_many(self, kernels, names) -> list:
+    """Programs for several kernels, their C compiled side by side (one compiler per core: a compile is mostly a
+    process waiting on gcc)."""
+    srcs = [cpu_codegen.render(k, n) for k, n in zip(kernels, names)]
+    if len(srcs) == 1: libs = [compile_c(srcs[0])]
+    else:
+      with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool: libs = list(pool.map(compile_c, srcs))
+    progs = []
+    for lib, k, name in zip(libs, kernels, names):
+      fn = getattr(lib, name)
+      fn.restype = None
+      fn.argtypes = [ctypes.c_void_p] * (1 + len(k.inputs))
+      progs.append(Program(fn, name))
+    return progs
 
 
 def _make(device: str, index: int):
