@@ -21,8 +21,10 @@ Schema (`*` marks a required key; floats may be written 1e-5 or 1.0e-5):
                  validation_prefix (c4-validation-91205-samples.en_text_document)
                kind* bytes: seq_len*, cache_dir (absent: the data layer's default)
                kind* synthetic_tokens: seq_len*
-               kind* imagenet: path*, image_size (224)
-               kind* synthetic_images: image_size*, train_samples*
+               kind* imagenet: path*, image_size (224), workers (0)
+               kind* synthetic_images: image_size*, train_samples*, workers (0)
+                 workers: processes that prepare image batches ahead of the step (decode, crop,
+                 flip); 0 prepares them on the training process, between steps
   optimizer*   name* adamw|sgd|lars, lr*, betas (0.9, 0.999), eps (1e-8), weight_decay (0),
                no_weight_decay none|bias_and_1d (none: every parameter decays; bias_and_1d: biases
                and 1-D parameters such as norm weights do not, Megatron-core's default groups),
@@ -154,6 +156,7 @@ class ImageNetData:
     kind: Literal["imagenet"]
     path: str
     image_size: int = 224
+    workers: int = 0
 
     @property
     def train_size(self):
@@ -169,6 +172,7 @@ class SyntheticImageData:
     kind: Literal["synthetic_images"]
     image_size: int
     train_samples: int
+    workers: int = 0
 
     @property
     def train_size(self):
@@ -624,6 +628,7 @@ def _validate_resnet(cfg):
         _require(cfg.train.micro_batch_size % m.bn_span == 0,
                  f"'model.bn_span' ({m.bn_span}) must divide train.micro_batch_size ({cfg.train.micro_batch_size})")
     _positive("data.image_size", cfg.data.image_size)
+    _non_negative("data.workers", cfg.data.workers)
     if cfg.data.kind == "synthetic_images":
         _positive("data.train_samples", cfg.data.train_samples)
     _require(cfg.train.max_epochs is not None, "a resnet benchmark caps its run with train.max_epochs")

@@ -255,6 +255,7 @@ class Run:
     if self.block_open: self.log.block_stop(self._position()); self.block_open = False
     self.log.run_stop(self.success, self.samples)
     self.log.close()
+    if hasattr(self.task.loader, "close"): self.task.loader.close()   # its worker processes, if any
     if self.cfg.checkpoint.every_steps: self._save()
     if self.results_root is None or not self.lead: return None
     return results_tree.record_run(self.cfg, self.log_path, self.results_root, results_tree.accelerators(self.cfg), nodes=self.hosts.size)

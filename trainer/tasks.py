@@ -102,6 +102,7 @@ class ImageTask:
       vims, vlabels = synthetic_arrays(num_classes=cfg.model.num_classes, per_class=max(1, cfg.eval.samples // cfg.model.num_classes), size=d.image_size, seed=cfg.train.seed + 1)
       train, val = ArrayImages(ims, labels), ArrayImages(vims, vlabels)
       size = dict(image_size=d.image_size, resize_size=d.image_size)
+    size["workers"] = d.workers
     self.loader = ImageLoader(train, cfg.train.global_batch_size, train=True, dp_rank=dp_rank, dp_size=dp_size, seed=cfg.train.seed, **size)
     self.val = val
     self.val_size = size
@@ -132,9 +133,9 @@ class ImageTask:
   def eval_batches(self, batch: int):
     """(images, labels, images scored) for the validation set in batches of `batch` (the last one padded)."""
     from .data.imagenet import ImageLoader
-    loader = ImageLoader(self.val, batch, train=False, seed=0, **self.val_size)
-    for ims, labels in itertools.islice(loader, loader.batches_per_epoch):
-      yield ims, labels.astype(np.int32), int((labels >= 0).sum())
+    with ImageLoader(self.val, batch, train=False, seed=0, **self.val_size) as loader:
+      for ims, labels in itertools.islice(loader, loader.batches_per_epoch):
+        yield ims, labels.astype(np.int32), int((labels >= 0).sum())
 
   def state_dict(self): return {"loader": self.loader.state_dict()}
   def load_state_dict(self, s): self.loader.load_state_dict(s["loader"])

@@ -254,3 +254,27 @@ def test_images_have_the_reference_channel_means_subtracted_and_no_std_division(
     task = ImageTask(load_config(recipe, ["data.train_samples=640", "eval.samples=10"]), "CPU:0")
     images, _ = task.to_device(u8, np.zeros(3, np.int32), "CPU:0")
     np.testing.assert_allclose(images.numpy(), want, rtol=0, atol=1e-5)
+
+
+def test_data_workers_prepare_the_same_batches_and_end_with_the_run():
+    """data.workers N: N processes prepare the image batches ahead; the batches are the ones the training process
+    makes itself (augmentation draws are keyed by sample), evaluation too, and the processes end with the loader."""
+    import multiprocessing
+    from trainer.config import load_config
+    from trainer.tasks import ImageTask
+    recipe = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "resnet_tiny.yaml")
+    sets = ["data.train_samples=640", "eval.samples=40", "data.image_size=16"]
+    tasks = [ImageTask(load_config(recipe, sets + [f"data.workers={w}"]), "CPU:0") for w in (0, 2)]
+    try:
+        for _ in range(3):
+            (a, la), (b, lb) = (t.next_batch() for t in tasks)
+            assert a.std() > 0
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(la, lb)
+        for (a, la, na), (b, lb, nb) in zip(*(list(t.eval_batches(16)) for t in tasks)):
+            np.testing.assert_array_equal(a, b)
+            assert (na, list(la)) == (nb, list(lb))
+        assert len(multiprocessing.active_children()) >= 2
+    finally:
+        for t in tasks: t.loader.close()
+    assert multiprocessing.active_children() == []
