@@ -260,3 +260,16 @@ def test_relu_passes_no_gradient_at_a_nan_and_max_pool2d_sends_it_to_the_last_na
   np.testing.assert_array_equal(gx, np.where(x > 0, g, 0))
   _, g, (gx,) = _grads(lambda t: t.max_pool2d(2, 2), x)
   np.testing.assert_array_equal(gx, [[[[0, 0, g[0, 0, 0, 1], 0], [g[0, 0, 0, 0], 0, 0, 0]]]])   # windows [[1, nan], [nan, 3]], [[2, .5], [-1, 0]]
+
+
+def test_maximum_gradient_follows_derivatives_yaml():
+  """derivatives.yaml, maximum: self gets where(self == other, grad / 2, grad).masked_fill_(self < other, 0), other
+  the same with self > other: a tie halves it, and a NaN on either side passes the whole gradient to both."""
+  a = np.array([1.0, 2.0, 3.0, np.nan, 1.0, np.nan, -0.0], np.float32)
+  b = np.array([2.0, 2.0, 1.0, 1.0, np.nan, np.nan, 0.0], np.float32)
+  for fn, x, y in ((lambda s, t: s.maximum(t), a, b), (lambda s, t: s.minimum(t), -a, -b)):
+    _, g, (ga, gb) = _grads(fn, x, y)
+    want_a = np.where(a == b, g / 2, np.where(a < b, 0, g))
+    want_b = np.where(a == b, g / 2, np.where(a > b, 0, g))
+    np.testing.assert_array_equal(ga, want_a)
+    np.testing.assert_array_equal(gb, want_b)

@@ -105,11 +105,11 @@ class Mul(Function):
 class Maximum(Function):
   def forward(self, x, y): self.x, self.y = x, y; self.ret = x.alu(Op.MAX, y); return self.ret
   def backward(self, g):
-    # ties split the gradient evenly
-    gt = self.x.alu(Op.CMPLT, self.y).alu(Op.NEG).cast(g.dtype)        # x >= y
-    lt = self.y.alu(Op.CMPLT, self.x).alu(Op.NEG).cast(g.dtype)        # y >= x
-    tot = gt.alu(Op.ADD, lt).alu(Op.RECIP)
-    return g.alu(Op.MUL, gt.alu(Op.MUL, tot)), g.alu(Op.MUL, lt.alu(Op.MUL, tot))
+    # derivatives.yaml: x gets where(x == y, g / 2, g).masked_fill_(x < y, 0), y the same with x > y (a tie halves
+    # the gradient; a NaN on either side passes all of it to both)
+    zero, tie = g.const_like(0), self.x.alu(Op.CMPEQ, self.y)
+    half = tie.alu(Op.WHERE, g.alu(Op.MUL, g.const_like(0.5)), g)
+    return self.x.alu(Op.CMPLT, self.y).alu(Op.WHERE, zero, half), self.y.alu(Op.CMPLT, self.x).alu(Op.WHERE, zero, half)
 
 class Where(Function):
   def forward(self, c, x, y): self.c = c; return c.alu(Op.WHERE, x, y)
