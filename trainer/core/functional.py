@@ -28,8 +28,7 @@ class MaxPool(Function):
   """The largest value of each window of x (padded already), read through a window view. Backward: each window's
   gradient goes to one tap, the first maximum of the window in row-major order or its last NaN, as torch's max_pool2d
   backward (aten/src/ATen/native/cpu/MaxPoolKernel.cpp keeps the index where `val > maxval || isnan(val)` last held),
-  placed back tap by tap
-  (_place_taps): one kernel of the taps' masks and the gradient, with no window-sized intermediate."""
+  placed back tap by tap (_place_taps): one kernel of the taps' masks and the gradient, no window-sized intermediate."""
   def forward(self, x: LazyBuffer, kernel, stride, dilation):
     if x.view.mask is not None: x = x.contiguous()   # a padded input copied once, read by forward and backward
     self.x, self.kernel, self.stride, self.dilation = x, kernel, stride, dilation
@@ -47,7 +46,7 @@ class MaxPool(Function):
       v = win.shrink(keep + ((i, i + 1), (j, j + 1))).reshape(g.shape)
       return v.alu(Op.CMPEQ, self.out).alu(Op.WHERE, const(K - i * kw - j), v.alu(Op.CMPEQ, v).alu(Op.WHERE, const(0), const(K + 1 + i * kw + j)))
     first = rank(0, 0)
-    for t in range(1, kh * kw): first = first.alu(Op.MAX, rank(*divmod(t, kw)))
+    for t in range(1, K): first = first.alu(Op.MAX, rank(*divmod(t, kw)))
     first = first.contiguous(stored=True)   # stored once (an int per output), not redone by each of the kh*kw taps that read it
     tap = lambda i, j: rank(i, j).alu(Op.CMPEQ, first).alu(Op.WHERE, g, zero)
     return _place_taps(tap, self.x.shape, self.kernel, self.stride, self.dilation)
